@@ -1,0 +1,1 @@
+"""One module per `incept` verb; each exposes `add_parser(subparsers)` (see `infra/cli.py`)."""
