@@ -1,0 +1,67 @@
+"""manifest.json: what a folder of shards holds (DESIGN.md, Shards).
+
+    format_version  this layout's version
+    split           "train" or "val"
+    classes         wnids in label order
+    words           wnid -> words, where the source had LOC_synset_mapping.txt
+    num_samples     samples over all shards
+    fingerprint     sha256 over the class list and the shards' sha256s: equal fingerprints, equal data
+    shards          [{name, num_samples, bytes, sha256}] in index order
+    skipped         [{source, reason}] for files that could not go into a shard
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pipelines import storage
+from pipelines.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def fingerprint(classes: list[str], shard_sha256s: list[str]) -> str:
+    payload = json.dumps({"classes": classes, "shards": shard_sha256s}, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build(*, split: str, classes: list[str], words: dict[str, str], shards: list[dict], skipped: list[dict]) -> dict:
+    shards = sorted(shards, key=lambda s: s["name"])
+    return {
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "classes": list(classes),
+        "words": {w: words[w] for w in classes if w in words},
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "fingerprint": fingerprint(list(classes), [s["sha256"] for s in shards]),
+        "shards": [{k: s[k] for k in ("name", "num_samples", "bytes", "sha256")} for s in shards],
+        "skipped": sorted(skipped, key=lambda s: s["source"]),
+    }
+
+
+def write(location: storage.Location, manifest: dict) -> None:
+    storage.write_bytes(location, MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+def read(uri: str) -> dict:
+    """The manifest of the shard folder at `uri`; UserError when there is none."""
+    location = storage.locate(uri)
+    try:
+        manifest = json.loads(storage.read_bytes(location, MANIFEST))
+    except FileNotFoundError:
+        raise UserError(f"no {MANIFEST} in {uri}: shard the data first (incept shard --out {uri})") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{storage.uri_of(location, MANIFEST)} is not valid JSON ({err}): reshard the split") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{storage.uri_of(location, MANIFEST)} has format_version {manifest.get('format_version')!r}, "
+            f"this incept reads {FORMAT_VERSION}: reshard the split"
+        )
+    return manifest
+
+
+def shard_uris(uri: str, manifest: dict) -> list[str]:
+    location = storage.locate(uri)
+    return [storage.uri_of(location, s["name"]) for s in manifest["shards"] if s["num_samples"] > 0]
