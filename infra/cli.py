@@ -19,6 +19,9 @@ VERBS = (
     "sample_data",
     "shard",
     "verify_shards",
+    "submit",
+    "jobs",
+    "registry",
 )
 
 
