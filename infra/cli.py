@@ -21,7 +21,6 @@ VERBS = (
     "verify_shards",
     "submit",
     "jobs",
-    "registry",
 )
 
 
