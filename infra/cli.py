@@ -21,6 +21,7 @@ VERBS = (
     "verify_shards",
     "submit",
     "jobs",
+    "schedule",
     "registry",
 )
 

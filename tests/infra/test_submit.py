@@ -377,3 +377,30 @@ def test_unknown_job_id(head):
     proc = head.cli("jobs", "status", "no-such-job", "--address", head.url)
     assert proc.returncode == 2
     assert "no job no-such-job" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_scheduled_submission_follows_its_job_instead_of_submitting_twice(head, monkeypatch, tmp_path):
+    import datetime as dt
+
+    from infra import schedule
+
+    for name in list(os.environ):
+        if name.startswith(("RAY_", "MLFLOW_")) or name == "INCEPT_WORKDIR":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
+    cron = "0 3 * * 0"
+    # The retrain fails inside the job (no such source), which is all this test needs: a job.
+    args = ["--src", str(tmp_path / "no-such-source"), "--config", str(tmp_path / "none.yaml")]
+    runner = schedule.submit_runner(args, cron=cron, address=head.url, poll_s=0.5)
+    due = schedule.Due(slot=dt.datetime(2025, 1, 12, 3, tzinfo=dt.timezone.utc), missed=0)
+    first = runner(due)
+    # A scheduler restarted mid-run asks for the same slot again: it must follow the same job.
+    second = runner(due)
+    assert first.job_id == second.job_id == schedule.job_id_for(due.slot, cron, args)
+    assert first.outcome == second.outcome == "failed"
+    assert first.detail == "job FAILED"
+    client = jobs.connect(head.url)
+    assert [j["submission_id"] for j in jobs.list_jobs(client)].count(first.job_id) == 1
+    assert jobs.job_info(client, first.job_id)["metadata"]["incept_schedule_slot"] == due.slot.isoformat()
