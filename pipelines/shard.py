@@ -156,6 +156,10 @@ def run_job(job: ShardJob, *, concurrency: int | None = None) -> ShardResult:
     import ray.data  # here, not at import: planning and the CLI's --help need no Ray
 
     records = dict(job.kept)
+    # Ray Data splits the CPUs between operators by default (op_resource_reservation_ratio 0.5),
+    # which here leaves the one real operator a single task on 2 CPUs: measured 0.94x the
+    # single-process baseline with it, see docs/benchmarks.md.
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     if job.todo:
         rows = [
             {"plan": json.dumps({"name": p.name, "digest": d, "entries": [asdict(e) for e in p.entries]})}
@@ -166,8 +170,6 @@ def run_job(job: ShardJob, *, concurrency: int | None = None) -> ShardResult:
             fn_kwargs={"src": job.src, "out": job.out, "options": job.bytes_options},
             num_cpus=1,
             concurrency=concurrency,
-            # A shard task that dies (a preempted node) is retried; its output is atomic.
-            max_retries=3,
         )
         for row in ds.iter_rows():
             record = json.loads(row["record"])
