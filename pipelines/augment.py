@@ -5,7 +5,8 @@ covers columns [left, left + width) and rows [top, top + height).
 
 Pixel ops work on float32 planar (3, H, W) arrays in [0, 1] (the unit TF's image ops use) and
 return new arrays; `color_distort` takes and returns uint8 HWC. Planar, because NumPy reductions
-over a length-3 last axis are slow: the HSV ops took 8-12 ms per 299x299 image on HWC here.
+over a length-3 last axis are slow: the per-pixel max of a 299x299 image took 3.4 ms on HWC and
+0.03 ms on planes here.
 
 Where this follows TF's Inception preprocessing (tensorflow/models, research/slim,
 inception_preprocessing.py) and where it departs:
@@ -154,7 +155,7 @@ def center_crop_box(width: int, height: int, crop_fraction: float = 0.875) -> Bo
 
 
 def crop_resize(img: Image.Image, box: Box, out_size: int, *, scale: float = 1.0) -> np.ndarray:
-    """`box` of `img` resized to out_size x out_size RGB uint8; `box` is in pixels of `img` times `scale`.
+    """`box` of `img` resized to (out_size, out_size, 3) uint8, read-only; `box` in pixels of `img` times `scale`.
 
     The crop and the resize are one Pillow call, so a box in scaled coordinates keeps its
     sub-pixel position instead of being rounded to the scaled grid.

@@ -235,7 +235,17 @@ def test_corner_center_boxes_and_three_squares():
 # --- lookup and arguments --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,fn", [("1", C.one_crop), ("10", C.ten_crops), ("12", C.twelve_crops), ("144", C.googlenet_crops), (144, C.googlenet_crops), (" 10 ", C.ten_crops)])
+@pytest.mark.parametrize(
+    "name,fn",
+    [
+        ("1", C.one_crop),
+        ("10", C.ten_crops),
+        ("12", C.twelve_crops),
+        ("144", C.googlenet_crops),
+        (144, C.googlenet_crops),
+        (" 10 ", C.ten_crops),
+    ],
+)
 def test_protocol_lookup(name, fn):
     assert C.protocol(name) is fn
 

@@ -50,7 +50,11 @@ def make_batch(n: int = 6, *, keys: bool = True, labels=None, size=(96, 72)) -> 
 # --- output format ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [lambda: train_transform(resolution=32, seed=0), lambda: eval_transform(resolution=32)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: train_transform(resolution=32, seed=0), lambda: eval_transform(resolution=32)],
+    ids=["train", "eval"],
+)
 def test_output_shapes_dtypes_and_labels(make):
     out = make()(make_batch(5))
     assert set(out) == {"image", "label"}
@@ -87,7 +91,11 @@ def test_bad_label_raises_with_the_key(bad):
         train_transform(resolution=16, seed=0)(batch)
 
 
-@pytest.mark.parametrize("make", [lambda: train_transform(resolution=24, seed=1), lambda: eval_transform(resolution=24)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: train_transform(resolution=24, seed=1), lambda: eval_transform(resolution=24)],
+    ids=["train", "eval"],
+)
 def test_empty_batch(make):
     out = make()({"jpg": np.array([], dtype=object), "cls": np.array([], dtype=object)})
     assert out["image"].shape == (0, 24, 24, 3) and out["label"].shape == (0,)
@@ -96,7 +104,11 @@ def test_empty_batch(make):
 # --- errors name the sample ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [lambda: train_transform(resolution=16, seed=0), lambda: eval_transform(resolution=16)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: train_transform(resolution=16, seed=0), lambda: eval_transform(resolution=16)],
+    ids=["train", "eval"],
+)
 @pytest.mark.parametrize("corrupt", [b"", b"garbage", "truncated"])
 def test_corrupt_image_raises_with_its_key(make, corrupt):
     batch = make_batch(4)
@@ -262,7 +274,10 @@ def test_train_preset_rejects_bad_arguments(kwargs):
         train_transform(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{"resolution": -5}, {"resolution": 32, "crop_fraction": 0}, {"resolution": 32, "crop_fraction": 1.2}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"resolution": -5}, {"resolution": 32, "crop_fraction": 0}, {"resolution": 32, "crop_fraction": 1.2}],
+)
 def test_eval_preset_rejects_bad_arguments(kwargs):
     with pytest.raises(UserError):
         eval_transform(**kwargs)
@@ -272,7 +287,8 @@ def test_presets_are_keyword_only_and_keep_their_settings():
     with pytest.raises(TypeError):
         train_transform(299)  # type: ignore[misc]
     t = train_transform(resolution=299, area=(0.05, 1), seed=np.int64(4))
-    assert (t.resolution, t.area, t.ratio, t.flip, t.color, t.seed) == (299, (0.05, 1.0), (0.75, 4 / 3), True, True, 4)
+    settings = (t.resolution, t.area, t.ratio, t.flip, t.color, t.seed)
+    assert settings == (299, (0.05, 1.0), (0.75, 4 / 3), True, True, 4)
     assert "299" in repr(t) and "calls" not in repr(t)
     e = eval_transform(resolution=299)
     assert (e.resolution, e.crop_fraction) == (299, 0.875)
