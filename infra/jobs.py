@@ -488,6 +488,8 @@ def wait_for_job(
     before giving up with a UserError.
     """
     if out is not None:
+        # The log stream has no read timeout on purpose: a training job may print nothing for
+        # an hour. Its connect has one (aiohttp's default), and every status poll below has ours.
         try:
             asyncio.run(_stream_logs(client, job_id, out))
         except Exception as err:  # the websocket dropped: the job goes on, so poll
