@@ -4,10 +4,13 @@ The head is private to this module: its own ports (every port Ray opens), its ow
 its own process group, which the fixture kills at the end. Never `ray stop`: it would end the
 Ray instances other test sessions on this machine are using.
 
-The head runs in token mode with a token of its own (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN), the
-way a secured cluster runs; the CLI gets the token the ways a user gives it (RAY_AUTH_TOKEN, or
-a file named by RAY_AUTH_TOKEN_PATH), with HOME pointed at an empty folder so a
-~/.ray/auth_token left by other Ray instances on this machine can't stand in for it.
+Token authentication, as Ray 2.60 turns it on here: `ray start --head` with RAY_AUTH_MODE unset
+requires a token as soon as one exists, and any local `ray.init()` on this machine writes
+~/.ray/auth_token. The head therefore starts the plain way, with a HOME of its own holding a
+token file, and must come up in token mode. Clients then pass the token the ways a user would:
+the same ~/.ray/auth_token (same HOME: the default client below), RAY_AUTH_TOKEN, or a file
+named by RAY_AUTH_TOKEN_PATH; with HOME pointed elsewhere, no token, or a wrong one, they are
+refused.
 """
 
 from __future__ import annotations
@@ -174,14 +177,18 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 class Head:
-    def __init__(self, url: str, token: str, tmp: Path, log: Path):
-        self.url, self.token, self.tmp, self.log = url, token, tmp, log
+    def __init__(self, url: str, token: str, home: Path, tmp: Path, log: Path):
+        self.url, self.token, self.home, self.tmp, self.log = url, token, home, tmp, log
 
     def env(self, **extra: str) -> dict[str, str]:
-        """What a user's shell looks like: no token file at home, the token in RAY_AUTH_TOKEN."""
+        """A user's shell on the head's machine: the token in ~/.ray/auth_token, no RAY_* set."""
+        return _clean_env(**{"HOME": str(self.home), **extra})
+
+    def elsewhere_env(self, **extra: str) -> dict[str, str]:
+        """A user's shell with no token file at home: the token must come from RAY_AUTH_*."""
         home = self.tmp / "client-home"
         home.mkdir(exist_ok=True)
-        return _clean_env(**{"HOME": str(home), "RAY_AUTH_TOKEN": self.token, **extra})
+        return _clean_env(**{"HOME": str(home), **extra})
 
     def cli(self, *args: str, env: dict | None = None, timeout: float = 90):
         start = time.monotonic()
@@ -220,9 +227,10 @@ def head(tmp_path_factory):
         f"--temp-dir={ray_tmp}",
     ]  # fmt: skip
     log = tmp / "head.log"
-    head_env = _clean_env(
-        HOME=str(tmp / "head-home"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token
-    )
+    home = tmp / "head-home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(token)
+    head_env = _clean_env(HOME=str(home))  # no RAY_AUTH_MODE: Ray decides from the token file
     with open(log, "w") as out:
         proc = subprocess.Popen(
             cmd, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -230,7 +238,11 @@ def head(tmp_path_factory):
     url = f"http://127.0.0.1:{dash}"
     try:
         _wait_for_job_api(url, token, proc, log)
-        yield Head(url, token, tmp, log)
+        # Evidence that the plain `ray start --head` turned token mode on by itself.
+        import requests
+
+        assert requests.get(f"{url}/api/jobs/", timeout=5).status_code == 401
+        yield Head(url, token, home, tmp, log)
     finally:
         _kill_group(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -343,20 +355,20 @@ def test_failing_verb_exits_nonzero(head, tmp_path):
 def test_token_from_a_file_and_missing_or_wrong_token(head, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(head.token + "\n")
-    env = head.env(RAY_AUTH_TOKEN_PATH=str(token_file))
-    del env["RAY_AUTH_TOKEN"]
+    env = head.elsewhere_env(RAY_AUTH_TOKEN_PATH=str(token_file))
     # RAY_ADDRESS holds a GCS-style address here: --address must still win.
     env["RAY_ADDRESS"] = "127.0.0.1:1"
     _assert_ok(head.cli("jobs", "list", "--address", head.url, env=env), head)
 
-    no_token = head.env()
-    del no_token["RAY_AUTH_TOKEN"]
-    proc = head.cli("jobs", "list", "--address", head.url, env=no_token)
+    _assert_ok(head.cli("jobs", "list", "--address", head.url,
+                        env=head.elsewhere_env(RAY_AUTH_TOKEN=head.token)), head)  # fmt: skip
+
+    proc = head.cli("jobs", "list", "--address", head.url, env=head.elsewhere_env())
     assert proc.returncode == 2
     assert "requires a Ray auth token" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
-    wrong = head.env(RAY_AUTH_TOKEN="not-the-token")
+    wrong = head.elsewhere_env(RAY_AUTH_TOKEN="not-the-token")
     proc = head.cli("jobs", "list", "--address", head.url, env=wrong)
     assert proc.returncode == 2
     assert "rejected the Ray auth token" in proc.stderr
