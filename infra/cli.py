@@ -19,6 +19,8 @@ VERBS = (
     "sample_data",
     "shard",
     "verify_shards",
+    "train",
+    "evaluate",
     "submit",
     "jobs",
     "schedule",

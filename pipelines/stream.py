@@ -1,0 +1,78 @@
+"""Streaming shards back for training and evaluation, as Ray Data datasets.
+
+    read_webdataset (raw bytes, shard order shuffled each epoch)
+      -> map_batches(train_transform | eval_transform)   decode, crop, flip, colour on CPU workers
+      -> per worker: local shuffle buffer -> `equal_batches` -> uint8 NHWC batches to the device
+
+Equal batch counts: DDP hangs when one rank runs out of batches before the others
+(ray-project/ray#66085: the local shuffle buffer can emit short batches mid-epoch). Ray Train's
+split gives every rank the same number of rows; `equal_batches` re-cuts whatever batches arrive
+into full ones and stops after exactly `steps` of them, so every rank takes the same number of
+steps whatever the buffer does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from pipelines import manifest
+from pipelines.transforms import eval_transform, train_transform
+
+
+def _read(uri: str, *, shuffle: bool):
+    import ray.data
+
+    data = manifest.read(uri)
+    return ray.data.read_webdataset(
+        manifest.shard_uris(uri, data),
+        decoder=None,  # keep the JPEG bytes; False would still decode (REFERENCE.md)
+        file_extensions=["tar"],  # never a temporary or the manifest
+        shuffle="files" if shuffle else None,  # a new shard order on every execution (epoch)
+    )
+
+
+def train_dataset(uri: str, *, resolution: int, area, ratio, flip: bool, color: bool, batch_rows: int = 32):
+    """Augmented training images as uint8 (R, R, 3) with int64 labels; reshuffled each epoch."""
+    transform = train_transform(resolution=resolution, area=tuple(area), ratio=tuple(ratio), flip=flip, color=color)
+    return _read(uri, shuffle=True).map_batches(transform, batch_format="numpy", batch_size=batch_rows)
+
+
+def eval_dataset(uri: str, *, resolution: int, crop_fraction: float = 0.875, batch_rows: int = 32):
+    """Central-crop images (uint8) with labels, in shard order."""
+    transform = eval_transform(resolution=resolution, crop_fraction=crop_fraction)
+    return _read(uri, shuffle=False).map_batches(transform, batch_format="numpy", batch_size=batch_rows)
+
+
+def steps_per_epoch(num_samples: int, *, world_size: int, batch_size: int) -> int:
+    """Full batches each rank can take per epoch: the split gives each rank num_samples // world_size rows."""
+    return (num_samples // world_size) // batch_size
+
+
+def equal_batches(batches: Iterable[dict[str, np.ndarray]], *, batch_size: int, steps: int) -> Iterator[dict[str, np.ndarray]]:
+    """Exactly `steps` batches of exactly `batch_size` rows, re-cut from batches of any size.
+
+    Raises RuntimeError if the input runs dry first: a hang in DDP would be worse.
+    """
+    if steps <= 0:
+        return
+    pending: list[dict[str, np.ndarray]] = []
+    have = 0
+    made = 0
+    for batch in batches:
+        n = len(next(iter(batch.values())))
+        if n == 0:
+            continue
+        pending.append(batch)
+        have += n
+        while have >= batch_size:
+            joined = {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
+            yield {k: v[:batch_size] for k, v in joined.items()}
+            made += 1
+            if made == steps:
+                return
+            rest = {k: v[batch_size:] for k, v in joined.items()}
+            have -= batch_size
+            pending = [rest] if have else []
+    raise RuntimeError(f"the data ran out after {made} of {steps} batches of {batch_size}")
