@@ -519,7 +519,7 @@ def register(
     created = False
     if mv is None:
         try:
-            client.get_run(run_id)
+            run = client.get_run(run_id)
         except mlflow.exceptions.MlflowException as err:
             raise UserError(f"cannot register: run {run_id!r} not found in {tracking.redact(tracking.tracking_uri())}") from err
         if any(p.device.type != "cpu" for p in model.parameters()):
@@ -534,15 +534,25 @@ def register(
                     f"register(): the serving module gave {tuple(probs.shape)} for {example.shape[0]} "
                     f"images; expected ({example.shape[0]}, {len(meta['classes'])}) probabilities"
                 )
+            # The LoggedModel is created here, in the run's experiment: left to log_model, it lands
+            # in the fluent API's active experiment (Default, "0", when none is set), whatever
+            # the run's experiment is (mlflow/tracking/fluent.py, _create_logged_model).
+            logged = client.create_logged_model(
+                experiment_id=run.info.experiment_id,
+                name=MODEL_ARTIFACT,
+                source_run_id=run_id,
+                tags=version_tags,
+                params={k: str(v) for k, v in run.data.params.items()},
+            )
             info = mlflow.pytorch.log_model(
                 model,
                 name=MODEL_ARTIFACT,
+                model_id=logged.model_id,
                 run_id=run_id,
                 input_example=example,
                 metadata=meta,
                 serialization_format="pt2",
                 pip_requirements=_pip_requirements(),
-                tags=version_tags,
             )
         finally:
             model.train(was_training)
@@ -837,12 +847,13 @@ def predict(
 
     if not images:
         raise UserError("no images given")
+    pictures = [_read_image(p) for p in images]  # a bad file fails before the model download
     module, meta = load(ref)
     size, fraction = _resolution(meta), float(meta["crop_fraction"])
     classes = meta["classes"]
     words = meta.get("words") or classes
     crop = PROTOCOLS["1"]
-    batch = np.concatenate([np.asarray(crop(_read_image(p), size, fraction), dtype=np.uint8) for p in images])
+    batch = np.concatenate([np.asarray(crop(picture, size, fraction), dtype=np.uint8) for picture in pictures])
     probs = []
     with torch.inference_mode():
         for start in range(0, len(batch), batch_size):

@@ -63,17 +63,24 @@ def is_http(uri: str) -> bool:
     return urllib.parse.urlparse(uri).scheme in ("http", "https")
 
 
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the embedded SQLite store in the work directory."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri
+def embedded_uri() -> str:
+    """The embedded default store: `sqlite:///<workdir>/mlflow.db`."""
     return f"sqlite:///{workdir() / 'mlflow.db'}"
 
 
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the embedded SQLite store in the work directory.
+
+    Note: `mlflow.set_tracking_uri` (called by `configure()`) exports MLFLOW_TRACKING_URI to the
+    environment, so after `configure()` this returns what was configured.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or embedded_uri()
+
+
 def artifact_root() -> str | None:
-    """Artifact location for new experiments in the embedded store; None: the server decides."""
-    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+    """Artifact location for new experiments in the embedded store; None: the store decides."""
+    if tracking_uri() != embedded_uri():
         return None
     root = workdir() / "mlartifacts"
     root.mkdir(parents=True, exist_ok=True)

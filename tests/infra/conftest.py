@@ -51,7 +51,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(root: Path, *, auth: bool) -> tuple[subprocess.Popen, MlflowServer]:
+def _launch(root: Path, *, auth: bool) -> tuple[subprocess.Popen, MlflowServer]:
+    """Start `mlflow server` in its own process group; `_wait_healthy` waits for it."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -71,6 +72,8 @@ def _start_server(root: Path, *, auth: bool) -> tuple[subprocess.Popen, MlflowSe
             f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
             f"admin_username = {ADMIN_USER}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # PBKDF2 per request costs about a second on 2 busy cores; cache the check.
+            "auth_cache_ttl_seconds = 300\n"
         )
         env.update(
             MLFLOW_AUTH_CONFIG_PATH=str(ini),
@@ -78,25 +81,28 @@ def _start_server(root: Path, *, auth: bool) -> tuple[subprocess.Popen, MlflowSe
             MLFLOW_FLASK_SERVER_SECRET_KEY="incept-tests-csrf-key",  # basic-auth refuses to start without one
         )
         cmd += ["--app-name", "basic-auth"]
-    log = open(root / "server.log", "wb")
-    # Own process group, so the kill below reaches uvicorn's worker too.
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(root / "server.log", "wb") as log:
+        # Own process group, so the kill below reaches uvicorn's worker too.
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = MlflowServer(
         uri=f"http://127.0.0.1:{port}", port=port, pid=proc.pid, root=root,
         username=ADMIN_USER if auth else None, password=ADMIN_PASSWORD if auth else None,
     )
-    deadline = time.monotonic() + 90
+    return proc, server
+
+
+def _wait_healthy(proc: subprocess.Popen, server: MlflowServer, timeout: float = 120) -> MlflowServer:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+            raise RuntimeError(f"mlflow server exited {proc.returncode}:\n{(server.root / 'server.log').read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{server.uri}/health", timeout=2) as resp:
                 if resp.status == 200:
-                    return proc, server
+                    return server
         except (urllib.error.URLError, OSError):
             time.sleep(0.3)
-    _stop(proc)
-    raise RuntimeError(f"mlflow server not healthy in 90 s:\n{(root / 'server.log').read_text()[-3000:]}")
+    raise RuntimeError(f"mlflow server not healthy in {timeout:.0f} s:\n{(server.root / 'server.log').read_text()[-3000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -104,7 +110,7 @@ def _stop(proc: subprocess.Popen) -> None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)  # the group we created for this pid only
-        proc.wait(timeout=15)
+        proc.wait(timeout=3)  # a throwaway server: no need to wait for a graceful drain
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=15)
@@ -112,21 +118,69 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
+class _Servers:
+    """Both servers start together on first use (start-up is ~10 s of imports each), then each
+    fixture waits only for its own."""
+
+    def __init__(self, tmp_path_factory):
+        self._factory = tmp_path_factory
+        self._started: dict[bool, tuple[subprocess.Popen, MlflowServer]] = {}
+
+    def get(self, *, auth: bool) -> MlflowServer:
+        if not self._started:
+            for mode in (False, True):
+                if mode and not _have_auth_app():
+                    continue
+                self._started[mode] = _launch(self._factory.mktemp("mlflow-auth" if mode else "mlflow-plain"), auth=mode)
+        proc, server = self._started[auth]
+        return _wait_healthy(proc, server)
+
+    def stop(self) -> None:
+        procs = [proc for proc, _ in self._started.values() if proc.poll() is None]
+        for proc in procs:  # signal both first, then wait: the drains overlap
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            _stop(proc)
+
+
+def _have_auth_app() -> bool:
+    try:
+        import flask_wtf  # noqa: F401  (mlflow[auth])
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def _mlflow_servers(tmp_path_factory):
+    servers = _Servers(tmp_path_factory)
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(_mlflow_servers):
     """A real `mlflow server` (SQLite backend, proxied artifacts) on a free 127.0.0.1 port."""
-    proc, server = _start_server(tmp_path_factory.mktemp("mlflow-plain"), auth=False)
-    yield server
-    _stop(proc)
+    return _mlflow_servers.get(auth=False)
 
 
 @pytest.fixture(scope="session")
-def mlflow_auth_server(tmp_path_factory):
+def mlflow_auth_server(_mlflow_servers):
     """The same with `--app-name basic-auth`; the admin's credentials are in the result."""
-    pytest.importorskip("flask_wtf", reason="basic-auth needs mlflow[auth] (Flask-WTF)")
-    proc, server = _start_server(tmp_path_factory.mktemp("mlflow-auth"), auth=True)
-    yield server
-    _stop(proc)
+    if not _have_auth_app():
+        pytest.skip("basic-auth needs mlflow[auth] (Flask-WTF), not installed")
+    return _mlflow_servers.get(auth=True)
+
+
+def _clear_mlflow_env(monkeypatch) -> None:
+    # mlflow.set_tracking_uri / set_registry_uri export these to os.environ behind our back;
+    # deleting them through monkeypatch (raising=False) makes teardown remove them again.
+    names = {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    for key in names | {k for k in os.environ if k.startswith("MLFLOW_")}:
+        monkeypatch.delenv(key, raising=False)
 
 
 @pytest.fixture()
@@ -134,8 +188,7 @@ def use_server(monkeypatch, tmp_path):
     """Point this process at a server: env as a user would set it, a private work dir."""
 
     def use(server: MlflowServer) -> MlflowServer:
-        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-            monkeypatch.delenv(key)
+        _clear_mlflow_env(monkeypatch)
         for key, value in server.env(INCEPT_WORKDIR=str(tmp_path / "work")).items():
             if key.startswith("MLFLOW_") or key == "INCEPT_WORKDIR":
                 monkeypatch.setenv(key, value)
@@ -147,8 +200,7 @@ def use_server(monkeypatch, tmp_path):
 @pytest.fixture()
 def embedded_env(monkeypatch, tmp_path):
     """No MLFLOW_TRACKING_URI: the embedded SQLite default under a private work dir."""
-    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-        monkeypatch.delenv(key)
+    _clear_mlflow_env(monkeypatch)
     workdir = tmp_path / "work"
     monkeypatch.setenv("INCEPT_WORKDIR", str(workdir))
     return workdir

@@ -80,6 +80,10 @@ def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, us
     assert info.tags["run_id"] == run_id and info.tags["data_fingerprint"] == "fp-123"
     assert "ray_job_id" not in info.tags  # empty: there was no Ray job
     assert info.model_id and info.source == f"models:/{info.model_id}"
+    client = mlflow.MlflowClient()
+    logged = client.get_logged_model(info.model_id)
+    assert logged.experiment_id == client.get_run(run_id).info.experiment_id  # not Default ("0")
+    assert logged.status.to_string() == "READY" if hasattr(logged.status, "to_string") else str(logged.status).endswith("READY")
 
     # A rerun after a failure: the same version comes back, nothing is duplicated.
     module, metadata, example = tiny_model()
@@ -323,18 +327,10 @@ def test_basic_auth_server_end_to_end_without_leaking_credentials(mlflow_auth_se
     assert shown["version"] == info.version and shown["aliases"] == ["challenger", "champion"]
     assert shown["metrics"] == METRICS and shown["run_id"] == run_id
 
-    listed = incept("registry", "list", env=env)
-    outputs.append(listed)
-    assert listed.returncode == 0 and name in listed.stdout, listed.stderr
-
     wrong = incept("registry", "list", env={**env, "MLFLOW_TRACKING_PASSWORD": "wrong-" + server.password}, timeout=60)
     outputs.append(wrong)
     assert wrong.returncode == 2
     assert "rejected the credentials (HTTP 401)" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
-
-    none = incept("registry", "list", env={k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_PASS")}, timeout=60)
-    outputs.append(none)
-    assert none.returncode == 2 and "HTTP 401" in none.stderr
 
     # Credentials in the URI itself are redacted from messages.
     host = server.uri.split("//", 1)[1]
@@ -379,5 +375,3 @@ def test_cli_predict(mlflow_server, use_server, tiny_model, new_run, incept, tmp
     assert len(top) == 5 and top[0]["wnid"].startswith("n") and top[0]["words"].startswith("class ")
     assert all(a["probability"] >= b["probability"] for a, b in zip(top, top[1:]))
 
-    missing = incept("registry", "predict", f"{name}@challenger", str(tmp_path / "nope.jpg"), env=env)
-    assert missing.returncode == 2 and "nope.jpg does not exist" in missing.stderr
