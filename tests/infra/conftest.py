@@ -122,15 +122,14 @@ class _Servers:
     """Both servers start together on first use (start-up is ~10 s of imports each), then each
     fixture waits only for its own."""
 
-    def __init__(self, tmp_path_factory):
+    def __init__(self, tmp_path_factory, wanted: set[bool]):
         self._factory = tmp_path_factory
+        self._wanted = wanted  # the modes some selected test uses
         self._started: dict[bool, tuple[subprocess.Popen, MlflowServer]] = {}
 
     def get(self, *, auth: bool) -> MlflowServer:
-        if not self._started:
-            for mode in (False, True):
-                if mode and not _have_auth_app():
-                    continue
+        for mode in sorted(self._wanted | {auth}):
+            if mode not in self._started:
                 self._started[mode] = _launch(self._factory.mktemp("mlflow-auth" if mode else "mlflow-plain"), auth=mode)
         proc, server = self._started[auth]
         return _wait_healthy(proc, server)
@@ -155,8 +154,12 @@ def _have_auth_app() -> bool:
 
 
 @pytest.fixture(scope="session")
-def _mlflow_servers(tmp_path_factory):
-    servers = _Servers(tmp_path_factory)
+def _mlflow_servers(request, tmp_path_factory):
+    used = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    wanted = {mode for mode, name in ((False, "mlflow_server"), (True, "mlflow_auth_server")) if name in used}
+    if not _have_auth_app():
+        wanted.discard(True)
+    servers = _Servers(tmp_path_factory, wanted)
     yield servers
     servers.stop()
 
