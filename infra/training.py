@@ -97,7 +97,8 @@ def _local_checkpoint(path: str):
     return ray.train.Checkpoint(path).as_directory()
 
 
-def train(config: Config, *, config_path: str | None = None) -> dict:
+def train(config: Config, *, config_path: str | None = None, init_checkpoint: str | None = None) -> dict:
+    """`init_checkpoint`: warm start from that checkpoint's weights (incept retrain); recorded as a tag."""
     run_name = config.train.run_name or f"incept-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     storage_path = config.train.storage_path or str(tracking.workdir() / "runs")
     if "://" not in storage_path:
@@ -111,11 +112,13 @@ def train(config: Config, *, config_path: str | None = None) -> dict:
 
     uri = tracking.connect()
     tags = {"data_fingerprint": train_manifest["fingerprint"], "config_sha256": config.sha256(), "git_commit": git_commit(), "ray_job_id": ray_job_id()}
+    if init_checkpoint:
+        tags["warm_start_checkpoint"] = init_checkpoint
     run_id = _open_run(config, run_name, tags)
     print(f"run {run_name} (MLflow run {run_id}); resume after an interruption with: incept train --config {config_path or 'FILE'} train.run_name={run_name}", file=sys.stderr, flush=True)
 
     init_ray()
-    result = fit(config.recipe, run_name=run_name, storage_path=storage_path, sink=MlflowSink(uri, run_id))
+    result = fit(config.recipe, run_name=run_name, storage_path=storage_path, sink=MlflowSink(uri, run_id), init_checkpoint=init_checkpoint)
     outcome = {"run_id": run_id, "run_name": run_name, "checkpoint": result.checkpoint, "train_metrics": result.metrics, "model_version": None, "metrics": {}}
 
     resume_hint = f"incept train --config {config_path or 'FILE'} train.run_name={run_name}"

@@ -41,7 +41,9 @@ def data_config(recipe: Recipe, train_manifest: dict) -> dict:
     return config
 
 
-def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None) -> FitResult:
+def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None, init_checkpoint: str | None = None) -> FitResult:
+    """Train `recipe` as Ray Train run `run_name`; `init_checkpoint`: a checkpoint folder whose (EMA)
+    weights a fresh run starts from instead of random ones (warm start; see the loop)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -68,6 +70,7 @@ def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None) -> FitRe
             "num_train_samples": train_manifest["num_samples"],
             "has_val": "val" in datasets,
             "sink": sink,
+            "init_checkpoint": init_checkpoint,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers,

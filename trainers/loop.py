@@ -185,6 +185,16 @@ def train_loop_per_worker(config: dict) -> None:
         epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
         if rank == 0:
             print(f"resumed from a checkpoint at epoch {epoch}, step {step}", file=sys.stderr, flush=True)
+    elif config.get("init_checkpoint"):
+        # Warm start (incept retrain, retrain.warm_start): weights only, from the averaged model that
+        # was evaluated and registered; the optimiser, the schedule and the average start afresh.
+        # A resumed run skips this: its own checkpoint already holds the warm-started weights.
+        with ray.train.Checkpoint(config["init_checkpoint"]).as_directory() as folder:
+            state = checkpoint.load(folder, map_location=device)
+        model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
+        ema = ModelEma(model, o.ema_decay) if o.ema_decay > 0 else None
+        if rank == 0:
+            print(f"warm start from {config['init_checkpoint']}", file=sys.stderr, flush=True)
 
     # (3) Ray: wrap in DDP (and compile); the bare `model` is what checkpoints and the registry get.
     train_model = ray.train.torch.prepare_model(model, move_to_device=False)
