@@ -24,6 +24,7 @@ VERBS = (
     "submit",
     "jobs",
     "schedule",
+    "retrain",
     "registry",
 )
 
