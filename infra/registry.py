@@ -108,6 +108,7 @@ class VersionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("created_now")  # about the register() call, not the version
         out["uri"] = self.uri
         return out
 

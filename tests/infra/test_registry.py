@@ -10,6 +10,7 @@ import os
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,9 +207,20 @@ _PROMOTER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
+    from mlflow import MlflowClient
     from infra import registry, tracking
+
+    # A slow network: each alias write lands 0.5 s after its read, so two unserialised
+    # promoters would both read the same old champion (and one alias would be lost).
+    _set = MlflowClient.set_registered_model_alias
+    def slow_set(self, *args, **kwargs):
+        time.sleep(0.5)
+        return _set(self, *args, **kwargs)
+    MlflowClient.set_registered_model_alias = slow_set
+
     tracking.connect()
-    go = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ["GO_FILE"])
+    go = Path(os.environ["GO_FILE"])
+    Path(f"{go}.ready-{os.environ['VERSION']}").touch()
     while not go.exists():
         time.sleep(0.01)
     result = registry.promote(os.environ["NAME"], os.environ["VERSION"], reason="race")
@@ -236,7 +248,10 @@ def test_concurrent_promotions_lose_no_alias(mlflow_server, use_server, tiny_mod
         workdir = tmp_path / ("work" if shared_workdir else f"work-{version}")
         env = mlflow_server.env(INCEPT_WORKDIR=str(workdir), NAME=name, VERSION=version, GO_FILE=str(go))
         procs.append(spawn_python(_PROMOTER, env))
-    time.sleep(4)  # both are past their imports and waiting for the go file
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{go}.ready-{v}").exists() for v in (va, vb)):  # both past their imports
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
     go.touch()
     outs = [p.communicate(timeout=60) for p in procs]
     for p, (out, err) in zip(procs, outs):
