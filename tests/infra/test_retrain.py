@@ -1,0 +1,142 @@
+"""incept retrain: the decision rule (unit), and whole cycles through the real CLI (e2e).
+
+The e2e cycles run on the session's shared Ray with the embedded SQLite MLflow of a private work
+directory, on a tiny digits set. Two trainings in all (about 45 s each here): cycle 1 promotes
+(no champion), cycle 2 finds no new data, cycle 3 (--force, train.epochs=0) is refused.
+
+Why cycle 3 sets retrain.margin=1.0: at this size (36 images, 8 steps) the trained model does
+not reliably beat the untrained one; both scored 0.333 top-1 (chance for 3 classes) when this
+was written. No model beats another by more than 1.0 on a fraction, so the refusal is certain;
+the comparison itself is covered exactly by the unit tests of `decide`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from infra import config as config_module
+from infra.retrain import check_policy, decide
+from pipelines.errors import UserError
+
+TINY = ["model.width=0.125", "model.resolution=75", "train.num_workers=1", "train.batch_size=8", "train.epochs=2", "eval.crops=[1]"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("challenger", "champion", "margin", "promote"),
+    [
+        (0.5, None, 0.0, True),  # no champion: promote
+        (0.6, 0.5, 0.0, True),
+        (0.5, 0.5, 0.0, False),  # a tie is not a win
+        (0.4, 0.5, 0.0, False),
+        (0.6, 0.5, 0.1, False),  # 0.6 - 0.5 - 0.1 is a rounding error above 0: still a tie
+        (0.61, 0.5, 0.1, True),
+        (0.45, 0.5, -0.1, True),  # a negative margin accepts a slightly worse model
+        (1.0, 0.0, 1.0, False),  # margin 1: nothing can win
+    ],
+)
+def test_decide(challenger, champion, margin, promote):
+    verdict = decide("top1_1crop", challenger, champion, margin)
+    assert verdict.promote is promote
+    assert verdict.decision == ("promoted" if promote else "rejected")
+    assert "top1_1crop" in verdict.reason
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["retrain.metric=accuracy"], "not a model-version metric"),
+        (["retrain.metric=top1_10crop", "eval.crops=[1]"], "add 10 to eval.crops"),
+        (["retrain.margin=1.5"], "retrain.margin must be"),
+        (["registry.register=false"], "registry.register must stay true"),
+    ],
+)
+def test_policy_errors(overrides, message):
+    with pytest.raises(UserError, match=message):
+        check_policy(config_module.load(None, overrides))
+
+
+def _json(proc) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_three_cycles(tmp_path, cli, cli_env, embedded_env):
+    from mlflow import MlflowClient
+
+    from infra import registry, tracking
+    from pipelines.sample_data import make_sample_set
+
+    assert embedded_env == tmp_path / "work"  # the same store the CLI writes (cli_env's INCEPT_WORKDIR)
+    src = tmp_path / "src"
+    make_sample_set(src, classes=3, train_per_class=12, val_per_class=4)
+    base = ["retrain", "--src", str(src), "--config", "configs/demo.yaml"]
+
+    # 1. No champion yet: train and promote.
+    first = _json(cli(*base, *TINY, "--json", env=cli_env))
+    assert first["promoted"] is True and first["decision"] == "promoted"
+    assert first["version"] == "1" and first["champion"] is None and first["champion_version"] is None
+    assert 0.0 <= first["challenger"] <= 1.0 and first["metric"] == "top1_1crop"
+    assert "no champion" in first["reason"]
+    champion = registry.show("inception-v3@champion")
+    assert champion.version == "1"
+    assert champion.tags["data_fingerprint"] == first["data_fingerprint"]
+    assert champion.tags["retrain.decision"] == "promoted"
+    assert champion.tags["promotion.decision"] == "promoted"
+    assert champion.metrics["top1_1crop"] == pytest.approx(first["challenger"])
+
+    # 2. The same data again: nothing to do (human output this time).
+    second = cli(*base, *TINY, env=cli_env)
+    assert second.stdout.startswith("not promoted: no new data")
+    assert len(registry.list_models()[0]["versions"]) == 1  # nothing trained
+
+    # 3. Forced, with an untrained model and a margin no model can clear: refused.
+    third = _json(cli(*base, "--force", *TINY, "train.epochs=0", "retrain.margin=1.0", "--json", env=cli_env))
+    assert third["promoted"] is False and third["decision"] == "rejected"
+    assert third["version"] == "2" and third["champion_version"] == "1"
+    assert third["champion"] is not None and third["challenger"] is not None
+    assert "does not beat" in third["reason"]
+    assert registry.resolve("inception-v3@champion").version == "1"  # untouched
+    challenger = registry.show("inception-v3/2")
+    assert challenger.aliases == [registry.CHALLENGER]
+    assert challenger.tags["retrain.decision"] == "rejected"
+    assert challenger.tags["retrain.reason"] == third["reason"]
+    assert float(challenger.tags["retrain.challenger"]) == pytest.approx(third["challenger"])
+    assert float(challenger.tags["retrain.champion"]) == pytest.approx(third["champion"])
+    assert challenger.metrics["top1_1crop"] == pytest.approx(third["challenger"])
+    assert registry.show("inception-v3/1").metrics["top1_1crop"] == pytest.approx(third["champion"])
+
+    # Every cycle is a run in the experiment, with its decision.
+    tracking.connect()
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("inception-v3")
+    cycles = client.search_runs([experiment.experiment_id], filter_string="tags.`incept.kind` = 'retrain'", order_by=["start_time ASC"])
+    assert [r.data.tags["retrain.decision"] for r in cycles] == ["promoted", "skipped", "rejected"]
+    assert all(r.info.status == "FINISHED" for r in cycles)
+
+
+@pytest.mark.e2e
+def test_concurrent_cycle_exits_at_once(tmp_path, cli, cli_env):
+    from filelock import FileLock
+
+    workdir = tmp_path / "cycle"
+    workdir.mkdir()
+    lock = FileLock(str(workdir / "retrain.lock"))
+    lock.acquire(timeout=0)  # this test process is the running cycle
+    try:
+        proc = cli("retrain", "--src", str(tmp_path / "no-data-needed"), "--config", "configs/demo.yaml",
+                   "--workdir", str(workdir), env=cli_env, check=False, timeout=120)
+    finally:
+        lock.release()
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("incept retrain: error: another retrain cycle holds")
+    assert f"pid {os.getpid()}" in lines[0]  # names the holder
+    assert proc.stdout == ""
+    assert not (tmp_path / "work" / "mlflow.db").exists()  # refused before touching MLflow
