@@ -97,7 +97,7 @@ def _flock_holder_pid(path: Path) -> int | None:
 
 
 def _describe_holder(workdir: Path) -> str:
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # no record, or a torn one
         h = json.loads((workdir / HOLDER_FILE).read_text())
         return f"pid {h['pid']} on {h['host']} ({h['user']}), since {h['since']}: {h['command']}"
     pid = _flock_holder_pid(workdir / LOCK_FILE)
