@@ -317,3 +317,65 @@ def center_crop():
         return PROTOCOLS["1"]
     except ImportError:
         pytest.skip("pipelines.crops not available yet")
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    name: str  # registered model holding the one real registration (version 1, alias challenger)
+    source: str  # models:/m-...: its LoggedModel
+    model_id: str
+    run_id: str
+    metadata: dict
+
+
+@pytest.fixture(scope="session")
+def shared_model(mlflow_server, tiny_model, tmp_path_factory) -> SharedModel:
+    """One real `registry.register` on the plain server for the whole session.
+
+    Alias tests need versions, not uploads: `clone_model` makes registered models whose
+    versions point at this LoggedModel, at the cost of one request each instead of an export
+    and an upload.
+    """
+    import uuid
+
+    import mlflow
+
+    from infra import registry, tracking
+
+    with pytest.MonkeyPatch.context() as mp:
+        _clear_mlflow_env(mp)
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        mp.setenv("INCEPT_WORKDIR", str(tmp_path_factory.mktemp("shared-work")))
+        tracking.connect()
+        run_id = mlflow.MlflowClient().create_run(tracking.get_or_create_experiment()).info.run_id
+        module, metadata, example = tiny_model()
+        info = registry.register(
+            model=module, input_example=example, metadata=metadata,
+            metrics={"top1_1crop": 0.61, "top5_1crop": 0.83}, tags={"git_commit": "abc1234"},
+            run_id=run_id, model_name=f"incept-shared-{uuid.uuid4().hex[:8]}",
+        )
+    return SharedModel(info.name, info.source, info.model_id, run_id, metadata)
+
+
+@pytest.fixture()
+def clone_model(shared_model):
+    """`clone(versions=N, challenger="1") -> name`: a new registered model on the current URI
+    whose N versions all point at the shared LoggedModel."""
+    import uuid
+
+    import mlflow
+
+    def clone(*, versions: int = 1, challenger: str | None = "1") -> str:
+        client = mlflow.MlflowClient()
+        name = f"incept-test-{uuid.uuid4().hex[:8]}"
+        client.create_registered_model(name)
+        for _ in range(versions):
+            client.create_model_version(
+                name, source=shared_model.source, run_id=shared_model.run_id,
+                tags={"run_id": shared_model.run_id}, model_id=shared_model.model_id,
+            )
+        if challenger:
+            client.set_registered_model_alias(name, "challenger", challenger)
+        return name
+
+    return clone

@@ -37,16 +37,6 @@ def _register(tiny_model, new_run, name: str, *, seed: int = 0, alias="challenge
     return info, run_id
 
 
-def _extra_version(name: str, source_version: str, run_id: str) -> str:
-    """Another version of `name` on the same model artifact: alias tests need versions, not uploads."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    src = client.get_model_version(name, source_version)
-    model_id = src.source.rsplit("/", 1)[-1]  # models:/m-...: the LoggedModel it shares
-    return client.create_model_version(name, source=src.source, run_id=run_id, tags={"run_id": run_id}, model_id=model_id).version
-
-
 def _aliases(name: str) -> dict[str, str]:
     import mlflow
 
@@ -118,10 +108,9 @@ def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, us
 
 
 @pytest.mark.e2e
-def test_resolve_errors_name_what_exists(mlflow_server, use_server, tiny_model, new_run):
+def test_resolve_errors_name_what_exists(mlflow_server, use_server, clone_model):
     use_server(mlflow_server)
-    name = _name()
-    _register(tiny_model, new_run, name)
+    name = clone_model()
     with pytest.raises(UserError, match=rf"no registered model 'nope-{name}'.*models: .*{name}"):
         registry.resolve(f"nope-{name}@champion")
     with pytest.raises(UserError, match=r"has no alias 'champion'; aliases: challenger -> 1"):
@@ -135,7 +124,7 @@ def test_resolve_errors_name_what_exists(mlflow_server, use_server, tiny_model, 
 
 
 @pytest.mark.e2e
-def test_version_without_logged_model_keeps_metrics_in_tags(mlflow_server, use_server, tiny_model, new_run):
+def test_version_without_logged_model_keeps_metrics_in_tags(mlflow_server, use_server, new_run):
     """The older-server path: a version registered from runs:/ has no LoggedModel behind it."""
     import mlflow
 
@@ -155,14 +144,12 @@ def test_version_without_logged_model_keeps_metrics_in_tags(mlflow_server, use_s
 
 
 @pytest.mark.e2e
-def test_promote_and_rollback_move_aliases_and_write_the_decision(mlflow_server, use_server, tiny_model, new_run):
+def test_promote_and_rollback_move_aliases_and_write_the_decision(mlflow_server, use_server, clone_model):
     import mlflow
 
     use_server(mlflow_server)
-    name = _name()
-    info, _ = _register(tiny_model, new_run, name)
-    v2 = _extra_version(name, info.version, new_run())
-    v3 = _extra_version(name, info.version, new_run())
+    name = clone_model(versions=3)
+    v2, v3 = "2", "3"
 
     first = registry.promote(name, "1", reason="first champion", evidence={"top1_1crop": 0.61})
     assert first["changed"] and first["previous_champion"] is None
@@ -194,10 +181,9 @@ def test_promote_and_rollback_move_aliases_and_write_the_decision(mlflow_server,
 
 
 @pytest.mark.e2e
-def test_rollback_without_previous_champion_is_a_clear_error(mlflow_server, use_server, tiny_model, new_run):
+def test_rollback_without_previous_champion_is_a_clear_error(mlflow_server, use_server, clone_model):
     use_server(mlflow_server)
-    name = _name()
-    _register(tiny_model, new_run, name)
+    name = clone_model()
     registry.promote(name, "1", reason="first")
     with pytest.raises(UserError, match=r"nothing to roll back to: model .* has no 'previous-champion' alias"):
         registry.rollback(name)
@@ -231,17 +217,16 @@ _PROMOTER = textwrap.dedent(
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("shared_workdir", [True, False], ids=["file-lock", "server-lock-only"])
-def test_concurrent_promotions_lose_no_alias(mlflow_server, use_server, tiny_model, new_run, spawn_python, tmp_path, shared_workdir):
+def test_concurrent_promotions_lose_no_alias(mlflow_server, use_server, clone_model, spawn_python, tmp_path, shared_workdir):
     """Two processes promote at the same moment: one after the other, never interleaved.
 
     With a shared work dir the file lock serialises them; with separate work dirs (two
     machines) only the server-side mutex does.
     """
     use_server(mlflow_server)
-    name = _name()
-    info, _ = _register(tiny_model, new_run, name)
+    name = clone_model(versions=3)
     registry.promote(name, "1", reason="initial champion")
-    va, vb = _extra_version(name, "1", new_run()), _extra_version(name, "1", new_run())
+    va, vb = "2", "3"
     go = tmp_path / "go"
     procs = []
     for version in (va, vb):
@@ -268,13 +253,12 @@ def test_concurrent_promotions_lose_no_alias(mlflow_server, use_server, tiny_mod
 
 
 @pytest.mark.e2e
-def test_load_model_by_alias_matches_registry_predict(mlflow_server, use_server, tiny_model, new_run, tmp_path, center_crop):
+def test_load_model_by_alias_matches_registry_predict(mlflow_server, use_server, clone_model, tmp_path, center_crop):
     import mlflow
     import torch
 
     use_server(mlflow_server)
-    name = _name()
-    _register(tiny_model, new_run, name)
+    name = clone_model()
     registry.promote(name, "1", reason="serve it")
     images = _images(tmp_path)
 
@@ -376,10 +360,9 @@ def test_embedded_sqlite_default(embedded_env, tiny_model, new_run, incept):
 
 
 @pytest.mark.e2e
-def test_cli_predict(mlflow_server, use_server, tiny_model, new_run, incept, tmp_path, center_crop):
+def test_cli_predict(mlflow_server, use_server, shared_model, incept, tmp_path, center_crop):
     server = use_server(mlflow_server)
-    name = _name()
-    _register(tiny_model, new_run, name)
+    name = shared_model.name
     images = _images(tmp_path, 2)
     env = server.env(INCEPT_WORKDIR=str(tmp_path / "work"))
     proc = incept("registry", "predict", f"{name}@challenger", *images, "--json", env=env)
@@ -390,3 +373,58 @@ def test_cli_predict(mlflow_server, use_server, tiny_model, new_run, incept, tmp
     assert len(top) == 5 and top[0]["wnid"].startswith("n") and top[0]["words"].startswith("class ")
     assert all(a["probability"] >= b["probability"] for a, b in zip(top, top[1:]))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "ref, parsed",
+    [
+        ("inception-v3@champion", ("inception-v3", "champion", None)),
+        ("models:/inception-v3@previous-champion", ("inception-v3", "previous-champion", None)),
+        ("inception-v3/12", ("inception-v3", None, "12")),
+        ("models:/inception-v3/3", ("inception-v3", None, "3")),
+    ],
+)
+def test_reference_forms(ref, parsed):
+    assert registry._parse_ref(ref) == parsed
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("bad", ["inception-v3", "models:/", "@champion", "a@b@c", ""])
+def test_bad_references_say_which_forms_work(bad):
+    with pytest.raises(UserError, match="expected NAME@ALIAS or NAME/VERSION"):
+        registry._parse_ref(bad)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("metrics, message", [
+    ({"top1_1crop": 1.5}, "not a fraction"),
+    ({"top1_1crop": float("nan")}, "not a fraction"),
+    ({"top1": 0.5}, "unknown model-version metric 'top1'"),
+])
+def test_metric_checks(metrics, message):
+    with pytest.raises(UserError, match=message):
+        registry._check_metrics(metrics)
+
+
+@pytest.mark.unit
+def test_metric_names_follow_the_design():
+    assert registry.METRIC_NAMES == (
+        "top1_1crop", "top5_1crop", "top1_10crop", "top5_10crop",
+        "top1_12crop", "top5_12crop", "top1_144crop", "top5_144crop",
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("action", ["list", "show", "promote", "rollback", "predict"])
+def test_every_registry_action_has_help(action, capsys):
+    from infra.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["registry", action, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: incept registry " + action in capsys.readouterr().out
