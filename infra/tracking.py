@@ -132,8 +132,9 @@ def check_reachable(uri: str | None = None, *, timeout: float = DEFAULT_PROBE_TI
         return
     shown = redact(uri)
     base = uri.rstrip("/")
+    tls = _tls_context(uri)
     try:
-        with urllib.request.urlopen(f"{_strip_userinfo(base)}/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{_strip_userinfo(base)}/health", timeout=timeout, context=tls) as resp:
             resp.read(64)
     except urllib.error.HTTPError as err:
         # A proxy in front of MLflow may guard /health too; the API call below says more.
@@ -146,7 +147,7 @@ def check_reachable(uri: str | None = None, *, timeout: float = DEFAULT_PROBE_TI
     api = f"{_strip_userinfo(base)}/api/2.0/mlflow/experiments/search?max_results=1"
     request = urllib.request.Request(api, headers=_auth_headers(uri))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=tls) as resp:
             json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         if err.code == 401:
@@ -165,6 +166,17 @@ def check_reachable(uri: str | None = None, *, timeout: float = DEFAULT_PROBE_TI
         raise UserError(f"MLflow tracking server {shown} is unreachable ({_reason(reason)}); {_fix_hint(uri)}") from None
     except ValueError:
         raise UserError(f"MLflow tracking server {shown} did not answer JSON on its REST API; is this an MLflow server?") from None
+
+
+def _tls_context(uri: str):
+    """TLS settings as MLflow's client reads them: MLFLOW_TRACKING_INSECURE_TLS, ..._SERVER_CERT_PATH."""
+    if not uri.startswith("https:"):
+        return None
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()  # the user asked MLflow to skip verification too
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
 
 
 def _reason(reason) -> str:

@@ -74,7 +74,7 @@ def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, us
     client = mlflow.MlflowClient()
     logged = client.get_logged_model(info.model_id)
     assert logged.experiment_id == client.get_run(run_id).info.experiment_id  # not Default ("0")
-    assert logged.status.to_string() == "READY" if hasattr(logged.status, "to_string") else str(logged.status).endswith("READY")
+    assert str(logged.status) == "READY"
 
     # A rerun after a failure: the same version comes back, nothing is duplicated.
     module, metadata, example = tiny_model()
@@ -83,6 +83,13 @@ def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, us
     assert not again.created_now and again.version == info.version
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
     assert [v.version for v in versions] == ["1"]
+    # ... and a rerun never drags the alias back from a newer version.
+    newer = client.create_model_version(name, source=info.source, run_id=new_run(), model_id=info.model_id).version
+    client.set_registered_model_alias(name, "challenger", newer)
+    registry.register(model=module, input_example=example, metadata=metadata, metrics=METRICS,
+                      tags=TAGS, run_id=run_id, model_name=name)
+    assert _aliases(name) == {"challenger": newer}
+    client.set_registered_model_alias(name, "challenger", "1")
 
     # Metrics: on the LoggedModel (what get_model_info shows) and on the source run.
     model_info = mlflow.models.get_model_info(f"models:/{name}@challenger")
