@@ -4,6 +4,14 @@
       -> map_batches(train_transform | eval_transform)   decode, crop, flip, colour on CPU workers
       -> per worker: local shuffle buffer -> `equal_batches` -> uint8 NHWC batches to the device
 
+One Ray task per shard: the read and the transform fuse into one operator, so JPEG bytes never go
+through the object store. Ray Data fuses a read with `map_batches` only when the map has no
+`batch_size` (the read may change row counts) and the read is not split further (Ray splits the
+output of a few large files into ~10 blocks each to reach its target parallelism, and split reads
+never fuse). So the read gets one block per shard (`override_num_blocks`) and `InChunks` cuts each
+shard into `batch_rows`-row calls of the transform inside the task. Measured with
+bench/loader.py on 2 cores: 10.3 -> 7.8 CPU seconds per 2,000 images (docs/benchmarks.md, Loader).
+
 Equal batch counts: DDP hangs when one rank runs out of batches before the others
 (ray-project/ray#66085: the local shuffle buffer can emit short batches mid-epoch). Ray Train's
 split gives every rank the same number of rows; `equal_batches` re-cuts whatever batches arrive
@@ -13,36 +21,58 @@ steps whatever the buffer does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines import manifest
 from pipelines.transforms import eval_transform, train_transform
 
 
-def _read(uri: str, *, shuffle: bool):
+@dataclass(frozen=True)
+class InChunks:
+    """A map_batches UDF: `fn` on consecutive `rows`-row slices of whatever block arrives, each yielded.
+
+    Keeps the transform's batches small (memory, and the first batch arrives early) while the
+    map itself takes whole blocks, which is what lets Ray fuse it with the read.
+    """
+
+    fn: Callable[[dict], dict]
+    rows: int
+
+    def __call__(self, batch: dict) -> Iterator[dict]:
+        n = len(next(iter(batch.values())))
+        for start in range(0, n, self.rows):
+            yield self.fn({k: v[start : start + self.rows] for k, v in batch.items()})
+
+
+def _read_and_map(uri: str, fn, *, shuffle: bool, batch_rows: int):
     import ray.data
 
-    data = manifest.read(uri)
-    return ray.data.read_webdataset(
-        manifest.shard_uris(uri, data),
+    from pipelines import manifest  # here: pyarrow, which a torch-only box running trainers.loop may lack
+
+    shards = manifest.shard_uris(uri, manifest.read(uri))
+    ds = ray.data.read_webdataset(
+        shards,
         decoder=None,  # keep the JPEG bytes; False would still decode (REFERENCE.md)
         file_extensions=["tar"],  # never a temporary or the manifest
         shuffle="files" if shuffle else None,  # a new shard order on every execution (epoch)
+        override_num_blocks=len(shards),  # one read task per shard, never split: see the module docstring
     )
+    # batch_size=None: the whole block (one shard) per call, so the map fuses with the read.
+    return ds.map_batches(InChunks(fn, batch_rows), batch_format="numpy", batch_size=None)
 
 
 def train_dataset(uri: str, *, resolution: int, area, ratio, flip: bool, color: bool, batch_rows: int = 32):
     """Augmented training images as uint8 (R, R, 3) with int64 labels; reshuffled each epoch."""
     transform = train_transform(resolution=resolution, area=tuple(area), ratio=tuple(ratio), flip=flip, color=color)
-    return _read(uri, shuffle=True).map_batches(transform, batch_format="numpy", batch_size=batch_rows)
+    return _read_and_map(uri, transform, shuffle=True, batch_rows=batch_rows)
 
 
 def eval_dataset(uri: str, *, resolution: int, crop_fraction: float = 0.875, batch_rows: int = 32):
     """Central-crop images (uint8) with labels, in shard order."""
     transform = eval_transform(resolution=resolution, crop_fraction=crop_fraction)
-    return _read(uri, shuffle=False).map_batches(transform, batch_format="numpy", batch_size=batch_rows)
+    return _read_and_map(uri, transform, shuffle=False, batch_rows=batch_rows)
 
 
 def steps_per_epoch(num_samples: int, *, world_size: int, batch_size: int) -> int:
