@@ -1,0 +1,541 @@
+"""Input-pipeline throughput per core: our Ray Data stream against the DataLoader a PyTorch user writes.
+
+On the same WebDataset shards (ImageNet-sized JPEGs, generated once under work/bench/loader-*):
+
+    ours      train_dataset(...).iter_batches(batch_size=64): Ray Data, Inception crop (draft-decoded
+              where the crop allows), flip, and TF colour distortion as training runs it; uint8 NHWC
+    baseline  webdataset.WebDataset -> torch DataLoader(num_workers=N): PIL full decode,
+              RandomResizedCrop (torchvision's sampling, inline), flip, to float tensor, normalise
+    decode    the same DataLoader, PIL full decode and nothing else: the floor for any full decode
+
+Two figures per row. Per core: images/s divided by N (Ray's num_cpus, the DataLoader's workers);
+on a machine that others load this is a share of the cores as much as a cost. Per CPU-second:
+images per second of CPU used by every process involved (loader workers, the main process, Ray's
+driver, raylet, GCS and its actors), read from /proc: the cost, whatever the load. Ray's start-up
+and the first epoch after it (worker imports, Ray Data's own actors) are timed apart and left out:
+once per cluster, not per epoch.
+
+    python bench/loader.py [--images 2000] [--num-cpus 2] [--repeats 2]
+    python bench/loader.py --profile        # one process: where our transform's time goes
+    python bench/loader.py --device cuda    # training img/s through trainers.loop.train_one_epoch,
+                                            # fed by a DataLoader running our transform (no Ray),
+                                            # against the same loop on synthetic batches
+
+The cuda mode needs only torch, numpy and Pillow (webdataset if present; else a plain tar reader).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import math
+import os
+import random
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESOLUTION = 299
+AREA = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults, also DataSection's
+RATIO = (3 / 4, 4 / 3)
+MEAN = (0.5, 0.5, 0.5)  # the model's data config: [-1, 1]
+STD = (0.5, 0.5, 0.5)
+
+
+def load() -> str:
+    """The 1-minute load average: other processes skew every figure here."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+
+
+# --- data: generated once ---------------------------------------------------------------------
+
+
+def _make_part(args: tuple) -> str:
+    out, images, seed, source = args
+    from pipelines.sample_data import make_sample_set
+
+    make_sample_set(out, classes=10, train_per_class=max(1, images // 10), val_per_class=0, seed=seed, source=source)
+    return out
+
+
+def _source() -> str:
+    try:
+        import sklearn  # noqa: F401  (the digits source renders scikit-learn's bundled digits)
+
+        return "digits"
+    except ImportError:
+        return "synthetic"
+
+
+def prepare_shards(root: str, *, images: int, shard_size: int, with_ray: bool, num_cpus: int) -> str:
+    """Shards of `images` generated JPEGs under `root`, made once; returns their folder.
+
+    With Ray: make_sample_set + `incept shard` (pipelines.shard), which also writes the manifest
+    train_dataset reads. Without (the GPU box): make_sample_set in parallel parts + the project's
+    deterministic tar writer; there is no manifest, and only the no-Ray loaders read them.
+    """
+    kind = "ray" if with_ray else "plain"
+    src = Path(root, f"loader-src-{images}-{kind}")
+    out = Path(root, f"loader-shards-{images}-{shard_size}-{kind}")
+    marker = out / ".complete"
+    if marker.exists():
+        return str(out)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    if with_ray:
+        import ray
+
+        from pipelines.shard import ShardOptions, plan_job, run_job
+
+        _make_part((str(src), images, 0, _source()))
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            run_job(plan_job(str(src), "train", str(out), ShardOptions(shard_size=shard_size)), concurrency=num_cpus)
+        finally:
+            ray.shutdown()
+    else:
+        from multiprocessing import Pool
+
+        from pipelines.tar_writer import ShardWriter
+
+        parts = max(1, min(num_cpus, images // 100))
+        jobs = [(str(src / f"part{k}"), images // parts, k, _source()) for k in range(parts)]
+        with Pool(parts) as pool:
+            pool.map(_make_part, jobs)
+        files = sorted(src.rglob("*.JPEG"))
+        out.mkdir(parents=True)
+        for first in range(0, len(files), shard_size):
+            with open(out / f"plain-{first // shard_size:06d}.tar", "wb") as f:
+                writer = ShardWriter(f)
+                for path in files[first : first + shard_size]:
+                    key = f"{path.parent.parent.parent.name}_{path.stem}"  # partK_nXXXXXXXX_N: no dots
+                    writer.add(key, {"jpg": path.read_bytes(), "cls": str(int(path.parent.name[1:])).encode()})
+                writer.close()
+    shutil.rmtree(src, ignore_errors=True)  # the shards are what is read
+    marker.touch()
+    print(f"generated and sharded {images} images in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return str(out)
+
+
+def shard_paths(folder: str) -> list[str]:
+    return sorted(str(p) for p in Path(folder).glob("*.tar"))
+
+
+def read_tar(path: str):
+    """Samples of one WebDataset tar as dicts {__key__, ext: bytes}: the fallback when webdataset is missing."""
+    sample: dict = {}
+    with tarfile.open(path, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = member.name.rsplit("/", 1)[-1]
+            key, _, ext = base.partition(".")
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample["__key__"] = key
+            sample[ext] = tar.extractfile(member).read()
+    if sample:
+        yield sample
+
+
+# --- the baseline: what a PyTorch user writes ---------------------------------------------------
+
+
+def random_resized_crop_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params, inline: (left, top, right, bottom)."""
+    area = width * height
+    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*AREA)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.randint(0, width - w)
+            top = rng.randint(0, height - h)
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < RATIO[0]:
+        w, h = width, int(round(width / RATIO[0]))
+    elif in_ratio > RATIO[1]:
+        w, h = int(round(height * RATIO[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+class TorchvisionStyle:
+    """RandomResizedCrop(299) -> RandomHorizontalFlip -> ToTensor -> Normalize, on a decoded PIL image."""
+
+    def __init__(self) -> None:
+
+        self.rng = random.Random()
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def __call__(self, img):
+        from PIL import Image
+
+        img = img.crop(random_resized_crop_box(*img.size, self.rng)).resize((RESOLUTION, RESOLUTION), Image.Resampling.BILINEAR)
+        if self.rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous()  # ToTensor
+        x = x.float().div_(255)
+        return x.sub_(self.mean).div_(self.std)  # Normalize
+
+
+def _decoded_only(img) -> int:
+    return 0  # the image was decoded by .decode("pil"); nothing else is done with it
+
+
+def wds_loader(paths: list[str], *, num_workers: int, batch_size: int, transform):
+    import webdataset as wds
+
+    dataset = (
+        wds.WebDataset(paths, shardshuffle=False, empty_check=False)
+        .decode("pil")  # Image.open + full decode + convert("RGB")
+        .to_tuple("jpg", "cls")
+        .map_tuple(transform, int)
+    )
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+
+
+def tree_cpu_seconds(root: int | None = None) -> float | None:
+    """CPU seconds (user + system) of process `root` and every descendant, reaped ones included; Linux only.
+
+    Wall-clock images/s on a machine others load is a share of the cores, not a cost; CPU seconds per
+    image are the cost, whatever the load. The tree holds the DataLoader's workers (reaped into the
+    main process's cutime when it joins them) and Ray's raylet, GCS and workers (children of the driver).
+    """
+    root = os.getpid() if root is None else root
+    if not os.path.isdir("/proc"):
+        return None
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: ppid
+        ticks[pid] = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def time_loader(batches) -> tuple[int, float, float | None]:
+    """(images, wall seconds, CPU seconds of this process tree) for one pass over `batches`."""
+    n = 0
+    cpu = tree_cpu_seconds()
+    t = time.perf_counter()
+    for batch in batches:
+        n += len(batch["label"]) if isinstance(batch, dict) else len(batch[1])
+    wall = time.perf_counter() - t
+    after = tree_cpu_seconds()
+    return n, wall, None if cpu is None else after - cpu
+
+
+# --- ours -------------------------------------------------------------------------------------
+
+
+def ours_batches(uri: str, *, color: bool, batch_rows: int, batch_size: int, unfused: bool = False):
+    from pipelines.stream import train_dataset
+
+    if unfused:
+        # The wiring before the fix in pipelines/stream.py: Ray splits each shard's read into ~10
+        # blocks and map_batches(batch_size=...) does not fuse with the read (kept as the evidence).
+        import ray.data
+
+        from pipelines import manifest
+        from pipelines.transforms import train_transform
+
+        fn = train_transform(resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True, color=color)
+        ds = ray.data.read_webdataset(manifest.shard_uris(uri, manifest.read(uri)), decoder=None, file_extensions=["tar"], shuffle="files")
+        ds = ds.map_batches(fn, batch_format="numpy", batch_size=batch_rows)
+    else:
+        ds = train_dataset(uri, resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True, color=color, batch_rows=batch_rows)
+    return ds.iter_batches(batch_size=batch_size, batch_format="numpy")
+
+
+DECODE = "decode only (PIL full decode)"
+BASELINE = "baseline (wds + DataLoader)"
+OURS = "ours, no colour (same ops)"
+OURS_COLOUR = "ours, TF colour (as trained)"
+OURS_UNFUSED = "ours, no colour, unfused read"
+
+
+def cpu_bench(args) -> None:
+    import ray
+    import ray.data
+
+    n_cpu = args.num_cpus
+    uri = prepare_shards(args.data, images=args.images, shard_size=args.shard_size, with_ray=True, num_cpus=n_cpu)
+    paths = shard_paths(uri)
+    print(f"# data: {args.images} JPEGs in {len(paths)} shards, {sum(os.path.getsize(p) for p in paths) / args.images / 1e3:.0f} KB per sample")
+    print(f"# machine: {os.cpu_count()} CPUs, N = {n_cpu}; torch {torch.__version__}, ray {ray.__version__}; resolution {RESOLUTION}, batch {args.batch_size}")
+
+    rows = {}  # name -> list of (images/s, images per CPU-second, load)
+
+    def record(name: str, result: tuple) -> None:
+        n, wall, cpu = result
+        assert n == args.images, (name, n, args.images)
+        rows.setdefault(name, []).append((n / wall, n / cpu if cpu else float("nan"), load()))
+        print(f"  {name}: {n / wall:.0f} images/s, {cpu or float('nan'):.1f} CPU s in {wall:.1f} s (load {load()})", file=sys.stderr)
+
+    startup, first = [], []
+    for _ in range(args.repeats):
+        record(DECODE, time_loader(wds_loader(paths, num_workers=n_cpu, batch_size=args.batch_size, transform=_decoded_only)))
+        record(BASELINE, time_loader(wds_loader(paths, num_workers=n_cpu, batch_size=args.batch_size, transform=TorchvisionStyle())))
+        t = time.perf_counter()
+        ray.init(address="local", num_cpus=n_cpu, include_dashboard=False, log_to_driver=False)
+        startup.append(time.perf_counter() - t)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            # The first execution in a fresh Ray also starts Ray Data's stats and autoscaling actors and
+            # imports the pipeline in every worker: a once-per-cluster cost, timed apart like start-up.
+            _, wall, cpu = time_loader(ours_batches(uri, color=False, batch_rows=args.batch_rows, batch_size=args.batch_size))
+            first.append((wall, cpu))
+            record(OURS, time_loader(ours_batches(uri, color=False, batch_rows=args.batch_rows, batch_size=args.batch_size)))
+            record(OURS_COLOUR, time_loader(ours_batches(uri, color=True, batch_rows=args.batch_rows, batch_size=args.batch_size)))
+            record(OURS_UNFUSED, time_loader(ours_batches(uri, color=False, batch_rows=args.batch_rows, batch_size=args.batch_size, unfused=True)))
+        finally:
+            ray.shutdown()
+
+    # Best of the repeats, each column on its own: the run least disturbed by the other processes.
+    best = {name: (max(v[0] for v in values), max(v[1] for v in values), values) for name, values in rows.items()}
+    print(f"\n{'':32}{'images/s':>10}{'per core':>10}{'per CPU-s':>11}  load at each run")
+    for name, (rate, per_cpu, values) in best.items():
+        print(f"{name:32}{rate:>10.0f}{rate / n_cpu:>10.1f}{per_cpu:>11.1f}  {', '.join(v[2] for v in values)}")
+    print(f"excluded: Ray start-up {min(startup):.1f} s; our first epoch after it (warm-up) {min(first)[0]:.1f} s, {min(first)[1] or float('nan'):.1f} CPU s")
+    print("per core = images/s / N; per CPU-s = images per CPU-second of every process involved (loader, workers, Ray's daemons)")
+    for name in (OURS, OURS_COLOUR, OURS_UNFUSED):
+        rate, per_cpu, _ = best[name]
+        print(
+            f"ratio {name} / baseline: {rate / best[BASELINE][0]:.2f}x per core, {per_cpu / best[BASELINE][1]:.2f}x per CPU-s;"
+            f" / decode only: {rate / best[DECODE][0]:.2f}x, {per_cpu / best[DECODE][1]:.2f}x"
+        )
+    print(f"best of {args.repeats}; load average now {load()} on {os.cpu_count()} CPUs")
+
+
+# --- profile: one process, no Ray ---------------------------------------------------------------
+
+
+def profile(args) -> None:
+    """Per-image cost of each stage on one core, and cProfile's view of our transform."""
+    import cProfile
+    import pstats
+
+    from PIL import Image
+
+    from pipelines import augment
+    from pipelines.transforms import train_transform
+
+    uri = prepare_shards(args.data, images=args.images, shard_size=args.shard_size, with_ray=True, num_cpus=args.num_cpus)
+    samples = [s for p in shard_paths(uri) for s in read_tar(p)][: args.profile_images]
+    jpegs = [s["jpg"] for s in samples]
+    rng = np.random.default_rng(0)
+    decoded = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]
+    crops = [
+        augment.decode_cropped(j, lambda w, h: augment.inception_crop_box(rng, w, h, area=AREA, ratio=RATIO), RESOLUTION)
+        for j in jpegs
+    ]
+
+    def per_image(fn, items) -> float:
+        """CPU ms per item (process time: what the other processes on the machine do not change)."""
+        t = time.process_time()
+        for item in items:
+            fn(item)
+        return (time.process_time() - t) / len(items) * 1e3
+
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    tv = TorchvisionStyle()
+    planar = [augment.to_planar(c) for c in crops]
+    stages = [
+        ("PIL open + full decode + RGB", lambda j: Image.open(io.BytesIO(j)).convert("RGB"), jpegs),
+        ("baseline: crop + resize + flip + tensor + normalise (on decoded)", lambda a: tv(Image.fromarray(a)), decoded),
+        ("ours: decode_cropped (draft decode + crop-resize)", lambda j: augment.decode_cropped(j, lambda w, h: augment.inception_crop_box(rng, w, h, area=AREA, ratio=RATIO), RESOLUTION), jpegs),
+        ("ours: color_distort (uint8 in, uint8 out)", lambda c: augment.color_distort(c, rng), crops),
+        ("  to_planar", augment.to_planar, crops),
+        ("  adjust_brightness", lambda p: augment.adjust_brightness(p, 0.1), planar),
+        ("  adjust_saturation", lambda p: augment.adjust_saturation(p, 1.3), planar),
+        ("  adjust_hue", lambda p: augment.adjust_hue(p, 0.1), planar),
+        ("  adjust_contrast", lambda p: augment.adjust_contrast(p, 1.3), planar),
+        ("  to_hwc_uint8", augment.to_hwc_uint8, planar),
+    ]
+    print(f"# {len(jpegs)} images, one process, load {load()}")
+    print(f"{'stage':66}{'CPU ms/image':>13}")
+    for name, fn, items in stages:
+        print(f"{name:66}{per_image(fn, items):>13.2f}")
+
+    batches = [{"jpg": np.array(jpegs[i : i + args.batch_rows], dtype=object), "cls": np.array([s["cls"] for s in samples[i : i + args.batch_rows]], dtype=object)} for i in range(0, len(jpegs), args.batch_rows)]
+    for color in (False, True):
+        fn = train_transform(resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True, color=color)
+        t = time.process_time()
+        for b in batches:
+            fn(b)
+        rate = len(jpegs) / (time.process_time() - t)
+        print(f"train_transform(color={color}) in-process: {rate:.0f} images per CPU-second (load {load()})")
+    fn = train_transform(resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True, color=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    for b in batches:
+        fn(b)
+    prof.disable()
+    print("\ncProfile, train_transform(color=True), top 15 by own time:")
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
+
+
+# --- cuda: end-to-end training through train_one_epoch, no Ray --------------------------------
+
+
+class TransformedShards(torch.utils.data.IterableDataset):
+    """Our train transform in DataLoader workers, without Ray: each worker loops over its own shards.
+
+    Yields chunks of `rows` samples as {"image": uint8 NHWC, "label": int64} tensors (tensors, not
+    arrays: DataLoader passes tensors through shared memory instead of pickling them); the main
+    process re-cuts them into training batches with `equal_batches`, as the Ray Train loop does.
+    """
+
+    def __init__(self, paths: list[str], *, rows: int, color: bool):
+        self.paths = paths
+        self.rows = rows
+        self.color = color
+
+    def _samples(self, paths):
+        try:
+            import webdataset as wds
+
+            # Raw bytes (no .decode): our transform decodes. Shards were split among workers already.
+            yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None, repeat=True)
+        except ImportError:
+            yield from (s for p in itertools.cycle(paths) for s in read_tar(p))
+
+    def __iter__(self):
+        from pipelines.transforms import train_transform
+
+        info = torch.utils.data.get_worker_info()
+        mine = (self.paths[info.id :: info.num_workers] if info is not None else self.paths) or self.paths
+        transform = train_transform(resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True, color=self.color)
+        samples = self._samples(mine)
+        while True:
+            chunk = list(itertools.islice(samples, self.rows))
+            batch = transform({"jpg": np.array([s["jpg"] for s in chunk], dtype=object), "cls": np.array([s["cls"] for s in chunk], dtype=object)})
+            yield {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def cuda_bench(args) -> None:
+    from pipelines.stream import equal_batches
+    from trainers.config import OptimSection
+    from trainers.ema import ModelEma
+    from trainers.inception_v3 import inception_v3
+    from trainers.loop import train_one_epoch
+    from trainers.optim import RMSpropTF, param_groups_weight_decay
+
+    if not torch.cuda.is_available():
+        sys.exit("--device cuda: no GPU here")
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    workers = args.workers or os.cpu_count()
+    try:
+        import webdataset  # noqa: F401
+
+        reader = "webdataset"
+    except ImportError:
+        reader = "plain tar reader"
+    uri = prepare_shards(args.data, images=args.images, shard_size=args.shard_size, with_ray=False, num_cpus=os.cpu_count())
+    paths = shard_paths(uri)
+    bs, steps, warmup = args.batch_size, args.steps, max(1, args.warmup)
+    optim = OptimSection()
+    print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPUs, {workers} loader workers ({reader})")
+    print(f"# batch {bs}, {steps} timed steps after {warmup}; channels_last, bf16 autocast, RMSpropTF + clip + EMA; {len(paths)} shards, {args.images} images; loader chunks of {args.batch_rows}")
+
+    def run(batches) -> float:
+        torch.manual_seed(0)
+        model = inception_v3().to(device).to(memory_format=torch.channels_last)
+        ema = ModelEma(model, optim.ema_decay)
+        optimizer = RMSpropTF(param_groups_weight_decay(model, optim.weight_decay), lr=1e-3, alpha=optim.alpha, momentum=optim.momentum, eps=optim.eps)
+        marks = []
+        train_one_epoch(
+            model, ema, itertools.islice(batches, warmup + steps), optimizer,
+            optim=optim, lr_at=lambda step: 1e-3, first_step=0, device=device, resolution=RESOLUTION,
+            channels_last=True, autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
+            after_step=lambda step, metrics: marks.append(time.perf_counter()),  # the loss read syncs each step
+        )
+        return steps * bs / (marks[-1] - marks[warmup - 1])
+
+    rng = np.random.default_rng(0)
+    fixed = {"image": rng.integers(0, 256, (bs, RESOLUTION, RESOLUTION, 3), dtype=np.uint8), "label": rng.integers(0, 1000, bs)}
+    synthetic = run(itertools.repeat(fixed))
+    print(f"  synthetic: {synthetic:.0f} images/s", file=sys.stderr)
+
+    def batches(color: bool):
+        dataset = TransformedShards(paths, rows=args.batch_rows, color=color)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4)
+        chunks = ({k: v.numpy() for k, v in b.items()} for b in loader)
+        return equal_batches(chunks, batch_size=bs, steps=warmup + steps)
+
+    trained, alone = {}, {}
+    for color in (False, True):
+        trained[color] = run(batches(color))
+        # The loader with nothing consuming it: whether it or the GPU bounds the row above.
+        stream = batches(color)
+        for _ in itertools.islice(stream, warmup):
+            pass
+        t = time.perf_counter()
+        n = sum(len(b["label"]) for b in stream)
+        alone[color] = n / (time.perf_counter() - t)
+        print(f"  colour {color}: {trained[color]:.0f} images/s training, loader alone {alone[color]:.0f}", file=sys.stderr)
+
+    print(f"\n{'':44}{'images/s':>10}{'of synthetic':>14}{'loader alone':>14}")
+    print(f"{'train_one_epoch, synthetic uint8 batches':44}{synthetic:>10.0f}{1:>14.0%}{'':>14}")
+    for color, name in ((False, "no colour"), (True, "TF colour")):
+        print(f"{'train_one_epoch, our transform, ' + name:44}{trained[color]:>10.0f}{trained[color] / synthetic:>14.0%}{alone[color]:>14.0f}")
+    print(f"loader alone per worker: {alone[False] / workers:.0f} / {alone[True] / workers:.0f} images/s (no colour / colour); load {load()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--shard-size", type=int, default=125, help="samples per shard: enough shards for every worker")
+    parser.add_argument("--data", default="work/bench", help="shards are generated once under DATA/loader-*, reused by later runs")
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="N: Ray's num_cpus and the DataLoader's workers")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: cpu 64, cuda 256)")
+    parser.add_argument("--batch-rows", type=int, default=32, help="rows per transform call (our stream's batch_rows; cuda: per loader chunk)")
+    parser.add_argument("--repeats", type=int, default=2, help="the best of this many runs of each is reported")
+    parser.add_argument("--profile", action="store_true", help="one process: per-stage cost and cProfile of our transform")
+    parser.add_argument("--profile-images", type=int, default=256)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--workers", type=int, default=None, help="cuda: DataLoader workers (default: all CPUs)")
+    parser.add_argument("--steps", type=int, default=30, help="cuda: timed training steps")
+    parser.add_argument("--warmup", type=int, default=5, help="cuda: untimed steps first (at least 1)")
+    args = parser.parse_args()
+    args.batch_size = args.batch_size or (256 if args.device == "cuda" else 64)
+    if args.profile:
+        profile(args)
+    elif args.device == "cuda":
+        cuda_bench(args)
+    else:
+        cpu_bench(args)
+
+
+if __name__ == "__main__":
+    main()
