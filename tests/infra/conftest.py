@@ -110,7 +110,7 @@ def _stop(proc: subprocess.Popen) -> None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)  # the group we created for this pid only
-        proc.wait(timeout=3)  # a throwaway server: no need to wait for a graceful drain
+        proc.wait(timeout=1.5)  # a throwaway server: no need to wait for a graceful drain
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=15)
