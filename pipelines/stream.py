@@ -10,7 +10,10 @@ through the object store. Ray Data fuses a read with `map_batches` only when the
 output of a few large files into ~10 blocks each to reach its target parallelism, and split reads
 never fuse). So the read gets one block per shard (`override_num_blocks`) and `InChunks` cuts each
 shard into `batch_rows`-row calls of the transform inside the task. Measured with
-bench/loader.py on 2 cores: 10.3 -> 7.8 CPU seconds per 2,000 images (docs/benchmarks.md, Loader).
+bench/loader.py on 2 cores (docs/benchmarks.md, Loader): 205 -> 267 images per CPU-second, 105 ->
+156 images/s per core; the unfused wiring was no faster than a plain DataLoader. The price: a
+task's output leaves in blocks of up to DataContext.target_max_block_size (128 MiB, about 470
+images at 299), not per `batch_rows`, so the first batch of an epoch waits for that much work.
 
 Equal batch counts: DDP hangs when one rank runs out of batches before the others
 (ray-project/ray#66085: the local shuffle buffer can emit short batches mid-epoch). Ray Train's
