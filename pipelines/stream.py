@@ -12,7 +12,7 @@ never fuse). So the read gets one block per shard (`override_num_blocks`) and `I
 shard into `batch_rows`-row calls of the transform inside the task. Measured with
 bench/loader.py on 2 cores (docs/benchmarks.md, Loader): 205 -> 267 images per CPU-second, 105 ->
 156 images/s per core; the unfused wiring was no faster than a plain DataLoader. The price: a
-task's output leaves in blocks of up to DataContext.target_max_block_size (128 MiB, about 470
+task's output leaves in blocks of up to DataContext.target_max_block_size (128 MiB, about 500
 images at 299), not per `batch_rows`, so the first batch of an epoch waits for that much work.
 
 Equal batch counts: DDP hangs when one rank runs out of batches before the others
