@@ -26,6 +26,7 @@ VERBS = (
     "schedule",
     "retrain",
     "registry",
+    "demo",
 )
 
 

@@ -1,0 +1,61 @@
+import pytest
+
+from infra.config import Config, load
+from pipelines.errors import UserError
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_the_papers_recipe():
+    c = load()
+    assert (c.optim.alpha, c.optim.eps, c.optim.clip_norm, c.optim.label_smoothing) == (0.9, 1.0, 2.0, 0.1)
+    assert (c.optim.decay_rate, c.optim.decay_epochs, c.train.batch_size, c.model.resolution) == (0.94, 2.0, 32, 299)
+
+
+def test_file_then_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\n  use_gpu: true\noptim:\n  lr: 0.1\n")
+    c = load(path, ["train.epochs=3", "optim.lr=1", "eval.crops=[1,144]", "data.area=[0.5, 1]", "eval.crops=10"])
+    assert c.train.epochs == 3 and c.train.use_gpu is True
+    assert c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
+    assert c.eval.crops == [10] and c.data.area == (0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch': known keys here are epochs"),
+        ("trian.epochs=3", "unknown config key 'trian'"),
+        ("train.epochs=three", "config key train.epochs: expected int, got 'three'"),
+        ("train.use_gpu=1", "config key train.use_gpu: expected bool"),
+        ("data.area=[0.5]", "config key data.area: expected tuple"),
+        ("model.variant=200", "model.variant must be one of [79, 151, 299]"),
+        ("model.resolution=60", "model.resolution must be at least 75"),
+        ("eval.crops=[3]", "eval.crops must be a list of 1, 10, 12, 144"),
+        ("epochs", "must look like section.key=value"),
+        ("train=3", "expected a section"),
+    ],
+)
+def test_mistakes_name_the_key(override, message):
+    with pytest.raises(UserError) as err:
+        load(None, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load(bad)
+
+
+def test_sha256_follows_the_resolved_values():
+    assert load().sha256() == Config().sha256()
+    assert load(None, ["train.epochs=3"]).sha256() != Config().sha256()
+
+
+def test_shipped_configs_load():
+    for name in ("configs/demo.yaml", "configs/imagenet.yaml"):
+        load(name)
