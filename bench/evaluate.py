@@ -11,12 +11,13 @@ actors take every CPU, the read task never gets one and evaluate_shards waits fo
 on 2 CPUs: "backpressured:tasks(ResourceBudget)", 0 CPUs free). The extra CPU is logical only; the
 read's work is small beside the model's.
 
-Crops/s = images x crops per image / seconds; per CPU-second = crops per second of CPU used by every
-process involved (read from /proc, as bench/loader.py does). Ray's start-up is left out; each
+Crops/s = images x crops per image / seconds; per CPU-second = crops per second of CPU: for Ray,
+of every process involved (driver, raylet, GCS, actors; read from /proc as bench/loader.py does),
+for the plain loop, of its own process (all its torch threads). Ray's start-up is left out; each
 evaluate_shards call starts its actors and loads the model in each, and that stays in (a fresh
 pool per evaluation is what the code does); the start-up probe row shows what it costs alone.
 
-    python bench/evaluate.py [--images 80] [--images-144 4] [--width 0.25] [--concurrency 2]
+    python bench/evaluate.py [--images 80] [--images-144 4] [--width 0.25] [--concurrency 2] [--plain-threads 1]
 """
 
 from __future__ import annotations
@@ -114,12 +115,17 @@ def plain_loop(loader, uri: str, crops: str, *, batch_size: int) -> dict[str, fl
     return {f"{k}_{crops}crop": v / count for k, v in sums.items()}
 
 
-def timed(fn) -> tuple[dict, float, float | None]:
-    cpu = tree_cpu_seconds()
+def timed(fn, *, tree: bool) -> tuple[dict, float, float | None]:
+    """(result, wall seconds, CPU seconds): of the whole process tree (Ray: driver, raylet, actors) or of this process.
+
+    The plain loop counts this process only: Ray is up meanwhile, and the previous pool's actors,
+    reaped by the raylet as they exit, would land their whole lifetime's CPU in the tree's count.
+    """
+    cpu = tree_cpu_seconds() if tree else time.process_time()
     t = time.perf_counter()
     result = fn()
     wall = time.perf_counter() - t
-    after = tree_cpu_seconds()
+    after = tree_cpu_seconds() if tree else time.process_time()
     return result, wall, None if cpu is None else after - cpu
 
 
@@ -129,6 +135,7 @@ def main() -> None:
     parser.add_argument("--images-144", type=int, default=4, help="images for protocol 144")
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--width", type=float, default=0.25, help="channel multiplier of the random-weight model")
+    parser.add_argument("--plain-threads", type=int, default=None, help="torch threads of the plain loop (default: torch's, one per core)")
     parser.add_argument("--data", default="work/bench", help="shards are generated once under DATA/evaluate-*")
     parser.add_argument("--concurrency", type=int, default=os.cpu_count(), help="actors in the pool (Ray gets one CPU more, for the read)")
     args = parser.parse_args()
@@ -138,6 +145,9 @@ def main() -> None:
     import torch
 
     from trainers.evaluate import CheckpointModel, evaluate_shards
+
+    if args.plain_threads:
+        torch.set_num_threads(args.plain_threads)  # this process only: Ray's actors set their own (1 each)
 
     t = time.perf_counter()
     ray.init(address="local", num_cpus=args.concurrency + 1, include_dashboard=False, log_to_driver=False)
@@ -156,13 +166,13 @@ def main() -> None:
 
         rows = []
         # Start-up probe: the smallest job, dominated by starting the actors and loading the model.
-        _, probe_s, probe_cpu = timed(lambda: evaluate_shards(loader, sets["144"], ["1"], batch_size=BATCH["1"], concurrency=args.concurrency))
+        _, probe_s, probe_cpu = timed(lambda: evaluate_shards(loader, sets["144"], ["1"], batch_size=BATCH["1"], concurrency=args.concurrency), tree=True)
         for crops in ("1", "10", "144"):
             uri = sets[crops]
             n = sum(1 for shard in Path(uri).glob("*.tar") for _ in read_tar(str(shard)))
-            plain, plain_s, plain_cpu = timed(lambda: plain_loop(loader, uri, crops, batch_size=BATCH[crops]))
+            plain, plain_s, plain_cpu = timed(lambda: plain_loop(loader, uri, crops, batch_size=BATCH[crops]), tree=False)
             load_plain = load()
-            ours, ray_s, ray_cpu = timed(lambda: evaluate_shards(loader, uri, [crops], batch_size=BATCH[crops], concurrency=args.concurrency))
+            ours, ray_s, ray_cpu = timed(lambda: evaluate_shards(loader, uri, [crops], batch_size=BATCH[crops], concurrency=args.concurrency), tree=True)
             total = n * CROPS[crops]
             rows.append((crops, n, total, plain_s, plain_cpu, load_plain, ray_s, ray_cpu, load(), plain, ours))
             print(f"  {crops}-crop: plain {total / plain_s:.1f} crops/s, Ray {total / ray_s:.1f} crops/s (load {load()})", file=sys.stderr)
