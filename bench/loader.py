@@ -107,7 +107,8 @@ def prepare_shards(root: str, *, images: int, shard_size: int, with_ray: bool, n
 
         from pipelines.tar_writer import ShardWriter
 
-        parts = max(1, min(num_cpus, images // 100))
+        per_class = max(1, images // 10)
+        parts = max(p for p in range(1, max(1, num_cpus) + 1) if per_class % p == 0)  # exactly `images`
         jobs = [(str(src / f"part{k}"), images // parts, k, _source()) for k in range(parts)]
         with Pool(parts) as pool:
             pool.map(_make_part, jobs)
