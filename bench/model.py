@@ -3,7 +3,8 @@
 The bound is the dense matmul FLOP/s of the same machine in the same run, measured in bursts between the
 model's timed steps: the most that convolutions lowered to matrix products can reach. FLOPs per step are
 counted with FlopCounterMode (convolutions and matrix products, forward and backward), so
-"of matmul bound" = counted FLOPs / median step time / median matmul FLOP/s.
+"of matmul bound" = counted FLOPs / step time / matmul FLOP/s of the bursts around that step, median
+over the steps.
 
     python3 bench/model.py                   # CPU: NCHW and channels_last, fp32
     python3 bench/model.py --device cuda     # GPU: bf16 autocast, channels_last, eager and compiled
@@ -121,7 +122,7 @@ def flops_per_image() -> float:
 
 
 def bench(config: Config, *, device: torch.device, batch_size: int, steps: int, warmup: int) -> dict:
-    """Median training-step time of `config`, and the median matmul FLOP/s in bursts between the steps."""
+    """Training-step times of `config` (s), and the matmul FLOP/s in bursts around each step."""
     torch.manual_seed(0)
     model = inception_v3().to(device)
     x = torch.randn(batch_size, 3, 299, 299, device=device)
@@ -146,14 +147,16 @@ def bench(config: Config, *, device: torch.device, batch_size: int, steps: int, 
     warmup_s = time.perf_counter() - t0
 
     probe = MatmulProbe(device, torch.bfloat16 if config.bf16 else torch.float32, burst_s=0.5 if device.type == "cpu" else 0.2)
-    times, bounds = [], []
+    times, bounds = [], [probe.measure()]
     for _ in range(steps):
-        bounds.append(probe.measure())
         t0 = time.perf_counter()
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return {"warmup_s": warmup_s, "step_s": statistics.median(times), "matmul_flops_per_s": statistics.median(bounds)}
+        bounds.append(probe.measure())
+    # Each step is compared with the mean of the bursts just before and after it.
+    around = [(before + after) / 2 for before, after in zip(bounds, bounds[1:])]
+    return {"warmup_s": warmup_s, "step_s": times, "matmul_flops_per_s": around}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,7 +166,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="timed steps; the median is reported (default: cpu 3, cuda 30)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: cpu 1, cuda 5)")
     parser.add_argument("--configs", help=f"comma-separated, from {', '.join(CONFIGS)}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: torch's, one per core); fewer measure per-core efficiency on a shared machine",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     names, batch_size, steps, warmup = DEFAULTS[device.type]
@@ -195,13 +205,16 @@ def main(argv: list[str] | None = None) -> None:
     first = None
     for config in configs:
         result = bench(config, device=device, batch_size=batch_size, steps=steps, warmup=warmup)
-        images_per_s = batch_size / result["step_s"]
-        achieved = flops * images_per_s
-        bound = result["matmul_flops_per_s"]
+        step_s = statistics.median(result["step_s"])
+        bound = statistics.median(result["matmul_flops_per_s"])
+        fraction = statistics.median(
+            flops * batch_size / t / b for t, b in zip(result["step_s"], result["matmul_flops_per_s"])
+        )
+        images_per_s = batch_size / step_s
         first = first or images_per_s
         print(
-            f"| {config.name} | {images_per_s:,.1f} | {result['step_s'] * 1e3:,.0f} | {achieved / 1e12:.3f} "
-            f"| {bound / 1e12:.3f} | {achieved / bound:.0%} | {images_per_s / first:.2f}x | {result['warmup_s']:.1f} |",
+            f"| {config.name} | {images_per_s:,.1f} | {step_s * 1e3:,.0f} | {flops * images_per_s / 1e12:.3f} "
+            f"| {bound / 1e12:.3f} | {fraction:.0%} | {images_per_s / first:.2f}x | {result['warmup_s']:.1f} |",
             flush=True,
         )
     if hasattr(os, "getloadavg"):
