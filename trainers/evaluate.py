@@ -73,6 +73,10 @@ def evaluate_shards(loader, uri: str, crops: list, *, batch_size: int = 16, conc
     for name in names:
         protocol(name)  # an unknown protocol fails here, before Ray starts work
     data = manifest.read(uri)
+    if not use_gpu:
+        # CPU actors hold a CPU each for their lifetime; leave one for the read tasks, or the
+        # pool waits forever on input that cannot be scheduled (seen with 2 actors on 2 CPUs).
+        concurrency = max(1, min(concurrency, int(ray.cluster_resources().get("CPU", 2)) - 1))
     ds = ray.data.read_webdataset(manifest.shard_uris(uri, data), decoder=None, file_extensions=["tar"])
     ds = ds.map_batches(
         CropPredictor,
