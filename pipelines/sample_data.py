@@ -56,11 +56,11 @@ def _render_digit(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w, _ = image.shape
     # Large and near the centre, as an ImageNet object usually is: the central crop keeps it whole
     # and a quarter-width network learns the ten classes in a few hundred steps.
-    side = int(min(h, w) * rng.uniform(0.6, 0.85))
+    side = int(min(h, w) * rng.uniform(0.65, 0.8))
     mask = Image.fromarray((digit * (255 / 16)).astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
     mask = np.clip(np.asarray(mask, dtype=np.float32)[:, :, None] / 255, 0, 1)
-    top = (h - side) // 2 + rng.integers(-(h - side) // 4, (h - side) // 4 + 1)
-    left = (w - side) // 2 + rng.integers(-(w - side) // 4, (w - side) // 4 + 1)
+    top = (h - side) // 2 + rng.integers(-(h - side) // 8, (h - side) // 8 + 1)
+    left = (w - side) // 2 + rng.integers(-(w - side) // 8, (w - side) // 8 + 1)
     region = image[top : top + side, left : left + side]
     background = region.mean(axis=(0, 1))
     # Dark ink on a light background, light ink on a dark one: the shape, not a colour, is the class.
