@@ -145,20 +145,10 @@ class _Servers:
             _stop(proc)
 
 
-def _have_auth_app() -> bool:
-    try:
-        import flask_wtf  # noqa: F401  (mlflow[auth])
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def _mlflow_servers(request, tmp_path_factory):
     used = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
     wanted = {mode for mode, name in ((False, "mlflow_server"), (True, "mlflow_auth_server")) if name in used}
-    if not _have_auth_app():
-        wanted.discard(True)
     servers = _Servers(tmp_path_factory, wanted)
     yield servers
     servers.stop()
@@ -172,9 +162,7 @@ def mlflow_server(_mlflow_servers):
 
 @pytest.fixture(scope="session")
 def mlflow_auth_server(_mlflow_servers):
-    """The same with `--app-name basic-auth`; the admin's credentials are in the result."""
-    if not _have_auth_app():
-        pytest.skip("basic-auth needs mlflow[auth] (Flask-WTF), not installed")
+    """The same with `--app-name basic-auth` (mlflow[auth], in the test extras); the admin's credentials are in the result."""
     return _mlflow_servers.get(auth=True)
 
 
