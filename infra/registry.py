@@ -414,7 +414,9 @@ def _clean_metadata(metadata: dict) -> dict[str, Any]:
     if not isinstance(classes, list) or not classes:
         raise ValueError("register(): metadata['classes'] must be a non-empty list of wnids")
     words = meta.setdefault("words", list(classes))
-    if len(words) != len(classes):
+    if isinstance(words, dict):  # wnid -> words, as manifests hold them: align with classes
+        words = meta["words"] = [words.get(wnid, wnid) for wnid in classes]
+    if not isinstance(words, list) or len(words) != len(classes):
         raise ValueError(f"register(): {len(words)} words for {len(classes)} classes")
     return meta
 

@@ -31,12 +31,14 @@ def data_config(recipe: Recipe, train_manifest: dict) -> dict:
     from trainers.inception_v3 import data_config as model_data_config
 
     config = model_data_config(recipe.model.variant)
+    classes = list(train_manifest["classes"])
+    words = train_manifest.get("words", {})  # wnid -> words; the registry wants a list beside `classes`
     config.update(
         input_size=recipe.model.resolution,
         resolution=recipe.model.resolution,
         crop_fraction=recipe.data.crop_fraction,
-        classes=list(train_manifest["classes"]),
-        words=dict(train_manifest.get("words", {})),
+        classes=classes,
+        words=[words.get(wnid, wnid) for wnid in classes],
     )
     return config
 

@@ -435,3 +435,13 @@ def test_every_registry_action_has_help(action, capsys):
         build_parser().parse_args(["registry", action, "--help"])
     assert exit_.value.code == 0
     assert "usage: incept registry " + action in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_metadata_words_line_up_with_classes():
+    # Manifests keep words as wnid -> words; the registered metadata is a list beside `classes`.
+    meta = registry._clean_metadata({"classes": ["n1", "n2"], "words": {"n2": "two"}, "resolution": 75, "crop_fraction": 0.875})
+    assert meta["words"] == ["n1", "two"]
+    assert registry._clean_metadata({"classes": ["n1"], "resolution": 75, "crop_fraction": 0.875})["words"] == ["n1"]
+    with pytest.raises(ValueError, match="1 words for 2 classes"):
+        registry._clean_metadata({"classes": ["n1", "n2"], "words": ["one"], "resolution": 75, "crop_fraction": 0.875})
