@@ -6,10 +6,9 @@ data_config). The plain loop is one process running the same `CropPredictor` ove
 order (read with tarfile), so the two differ only in how the work is spread: Ray's `concurrency`
 actors, one torch thread each, against one process whose torch uses every core.
 
-Ray gets one logical CPU more than the actors hold: with `concurrency` equal to Ray's CPUs the
-actors take every CPU, the read task never gets one and evaluate_shards waits forever (seen here
-on 2 CPUs: "backpressured:tasks(ResourceBudget)", 0 CPUs free). The extra CPU is logical only; the
-read's work is small beside the model's.
+Ray gets as many CPUs as there are actors: the read is fused into the actors (trainers/evaluate.py),
+so it needs none of its own. (Before the fusion, a pool holding every CPU starved the read tasks and
+waited forever, and this benchmark gave Ray one logical CPU more than the actors.)
 
 Crops/s = images x crops per image / seconds; per CPU-second = crops per second of CPU: for Ray,
 of every process involved (driver, raylet, GCS, actors; read from /proc as bench/loader.py does),
@@ -98,7 +97,7 @@ def plain_loop(loader, uri: str, crops: str, *, batch_size: int) -> dict[str, fl
 
     def run(samples: list[dict]) -> None:
         nonlocal count
-        out = predictor({"jpg": np.array([s["jpg"] for s in samples], dtype=object), "cls": np.array([s["cls"] for s in samples], dtype=object)})
+        out = predictor.predict({"jpg": np.array([s["jpg"] for s in samples], dtype=object), "cls": np.array([s["cls"] for s in samples], dtype=object)})
         count += len(samples)
         for k in sums:
             sums[k] += int(out[f"{k}_{crops}"].sum())
@@ -137,7 +136,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25, help="channel multiplier of the random-weight model")
     parser.add_argument("--plain-threads", type=int, default=None, help="torch threads of the plain loop (default: torch's, one per core)")
     parser.add_argument("--data", default="work/bench", help="shards are generated once under DATA/evaluate-*")
-    parser.add_argument("--concurrency", type=int, default=os.cpu_count(), help="actors in the pool (Ray gets one CPU more, for the read)")
+    parser.add_argument("--concurrency", type=int, default=os.cpu_count(), help="actors in the pool, one CPU each (Ray gets exactly that many)")
     args = parser.parse_args()
 
     import ray
@@ -150,7 +149,7 @@ def main() -> None:
         torch.set_num_threads(args.plain_threads)  # this process only: Ray's actors set their own (1 each)
 
     t = time.perf_counter()
-    ray.init(address="local", num_cpus=args.concurrency + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
     startup = time.perf_counter() - t
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
@@ -161,7 +160,7 @@ def main() -> None:
         sets["10"] = sets["1"]
         ckpt = make_checkpoint(str(Path(args.data, f"evaluate-ckpt-w{args.width}")), sets["1"], width=args.width)
         loader = CheckpointModel(ckpt)
-        print(f"# {os.cpu_count()} CPUs; Ray: {args.concurrency} actors x 1 CPU (num_cpus={args.concurrency + 1}); plain loop: 1 process, {torch.get_num_threads()} torch threads")
+        print(f"# {os.cpu_count()} CPUs; Ray: {args.concurrency} actors x 1 CPU (num_cpus={args.concurrency}); plain loop: 1 process, {torch.get_num_threads()} torch threads")
         print(f"# model: Inception-v3 width {args.width}, random weights, 299 x 299; Ray start-up (excluded) {startup:.1f} s")
 
         rows = []

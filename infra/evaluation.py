@@ -48,7 +48,7 @@ def _latest_checkpoint(run_folder: str) -> str:
     return os.path.join(run_folder, found[-1])
 
 
-def evaluate_model(model: str, shards: str, crops: list, *, batch_size: int = 16, concurrency: int = 1, use_gpu: bool = False) -> dict:
+def evaluate_model(model: str, shards: str, crops: list, *, batch_size: int = 16, concurrency: int = 0, use_gpu: bool = False) -> dict:
     """Metrics for `model` on `shards`; written to the model version when `model` is a registry reference."""
     loader, ref = loader_for(model)
     init_ray()

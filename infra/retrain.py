@@ -330,7 +330,7 @@ def _cycle(client, src: str, config: Config, *, config_path: str | None, workdir
             return finish("rejected", reason)
         from infra.evaluation import evaluate_model
 
-        evaluated = evaluate_model(f"{name}/{champion['version']}", val_uri, list(config.eval.crops), batch_size=config.eval.batch_size, use_gpu=config.train.use_gpu)
+        evaluated = evaluate_model(f"{name}/{champion['version']}", val_uri, list(config.eval.crops), batch_size=config.eval.batch_size, concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu)
         outcome["champion"] = evaluated["metrics"][metric]
 
     # 3. Decide, and write the decision where the versions are.

@@ -127,7 +127,7 @@ def train(config: Config, *, config_path: str | None = None, init_checkpoint: st
             state = checkpoint.load(folder)
             if config.data.val and config.eval.crops:
                 outcome["metrics"] = evaluate_shards(CheckpointModel(folder), config.data.val, config.eval.crops, batch_size=config.eval.batch_size,
-                                                     concurrency=1, use_gpu=config.train.use_gpu, env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+                                                     concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu, env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
         tracking.connect()
         _log_results(run_id, outcome["metrics"])
         if config.registry.register:

@@ -73,6 +73,7 @@ class TrainSection:
 class EvalSection:
     crops: list = field(default_factory=lambda: [1])  # protocols run on the final model before registration: 1, 10, 12, 144
     batch_size: int = 32  # images per evaluation batch (each expands to its crops)
+    concurrency: int = 0  # evaluation actors (one model each); 0: one per CPU, or per GPU with train.use_gpu, at most one per shard
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,13 @@ Each image is cut into its protocol's crops (`pipelines.crops`), the softmax pro
 averaged over the crops, and top-1 / top-5 are counted. Every sample of the shards is read exactly
 once (no shuffle, no split); the driver sums the per-image results.
 
+The read fuses into the actors, as the training stream's read fuses into its map (pipelines.stream):
+one block per shard, and a map over whole blocks that cuts them into `batch_size` batches itself.
+Unfused, the read ran as separate tasks that need CPUs of their own: an actor pool holding every
+CPU starved them and waited forever (seen with 2 actors on 2 CPUs), so the pool had to stay one
+actor short of the cluster. Fused, every CPU (or GPU) can hold a model; parallelism is at most one
+actor per shard.
+
 A model comes from a loader: a small picklable object with `load() -> (module, data_config)`,
 where the module maps uint8 N x R x R x 3 to probabilities N x C (`trainers.serving.ServingModel`,
 or the graph a registered version holds). `CheckpointModel` loads a training checkpoint; infra
@@ -13,6 +20,7 @@ provides one for registry references.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,16 +48,23 @@ class CheckpointModel:
 class CropPredictor:
     """A Ray Data actor: one model, many images; returns per-image hits for each protocol."""
 
-    def __init__(self, loader, protocols: list[str], use_gpu: bool = False):
+    def __init__(self, loader, protocols: list[str], use_gpu: bool = False, batch_size: int = 16):
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
         self.model, config = loader.load()
         self.model = self.model.to(self.device)
         self.resolution = int(config["resolution"])
         self.crop_fraction = float(config["crop_fraction"])
         self.protocols = [str(p) for p in protocols]
 
+    def __call__(self, block: dict) -> Iterator[dict]:
+        """A whole shard (the fused read's block) -> per-image hits, `batch_size` images at a time."""
+        n = len(block["cls"])
+        for start in range(0, n, self.batch_size):
+            yield self.predict({k: v[start : start + self.batch_size] for k, v in block.items()})
+
     @torch.no_grad()
-    def __call__(self, batch: dict) -> dict:
+    def predict(self, batch: dict) -> dict:
         labels = np.array([int(c) for c in batch["cls"]], dtype=np.int64)
         out = {"label": labels}
         images = [Image.open(io.BytesIO(data)).convert("RGB") for data in batch["jpg"]]
@@ -65,27 +80,43 @@ class CropPredictor:
         return out
 
 
-def evaluate_shards(loader, uri: str, crops: list, *, batch_size: int = 16, concurrency: int = 1, use_gpu: bool = False, env_vars: dict | None = None) -> dict[str, float]:
-    """top1_Ncrop / top5_Ncrop (fractions) for each protocol N, over every sample in the shards at `uri`."""
+def default_concurrency(*, use_gpu: bool, num_shards: int) -> int:
+    """One actor per GPU (or CPU) of the cluster, at most one per shard."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return max(1, min(int(resources.get("GPU" if use_gpu else "CPU", 1)), num_shards))
+
+
+def evaluate_shards(loader, uri: str, crops: list, *, batch_size: int = 16, concurrency: int = 0, use_gpu: bool = False, env_vars: dict | None = None) -> dict[str, float]:
+    """top1_Ncrop / top5_Ncrop (fractions) for each protocol N, over every sample in the shards at `uri`.
+
+    `concurrency`: actors, one model each; 0: `default_concurrency`.
+    """
     import ray.data
 
     names = [str(c) for c in crops]
     for name in names:
         protocol(name)  # an unknown protocol fails here, before Ray starts work
     data = manifest.read(uri)
-    if not use_gpu:
-        # CPU actors hold a CPU each for their lifetime; leave one for the read tasks, or the
-        # pool waits forever on input that cannot be scheduled (seen with 2 actors on 2 CPUs).
-        concurrency = max(1, min(concurrency, int(ray.cluster_resources().get("CPU", 2)) - 1))
-    ds = ray.data.read_webdataset(manifest.shard_uris(uri, data), decoder=None, file_extensions=["tar"])
+    shards = manifest.shard_uris(uri, data)
+    concurrency = min(concurrency or default_concurrency(use_gpu=use_gpu, num_shards=len(shards)), len(shards))
+    # Ray fuses the read into the map only when both ask for the same resources and runtime env.
+    remote_args = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0, **({"runtime_env": {"env_vars": env_vars}} if env_vars else {})}
+    ds = ray.data.read_webdataset(
+        shards,
+        decoder=None,
+        file_extensions=["tar"],
+        override_num_blocks=len(shards),  # one block per shard, never split: the read fuses into the actors
+        ray_remote_args=remote_args,
+    )
     ds = ds.map_batches(
         CropPredictor,
-        fn_constructor_kwargs={"loader": loader, "protocols": names, "use_gpu": use_gpu},
-        batch_size=batch_size,
+        fn_constructor_kwargs={"loader": loader, "protocols": names, "use_gpu": use_gpu, "batch_size": batch_size},
+        batch_size=None,  # whole blocks: a map with a batch size never fuses with a read
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_gpus=1 if use_gpu else 0,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
+        **remote_args,
     )
     sums = {f"top{k}_{n}": 0 for n in names for k in (1, 5)}
     count = 0

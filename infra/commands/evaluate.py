@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--shards", required=True, help="folder of validation shards with manifest.json")
     p.add_argument("--crops", default="1", help="comma-separated protocols: 1, 10, 12, 144 (default 1)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (each expands to its crops)")
-    p.add_argument("--concurrency", type=int, default=1, help="evaluation actors (one model each)")
+    p.add_argument("--concurrency", type=int, default=0, help="evaluation actors, one model each (default 0: one per CPU, or per GPU with --gpu, at most one per shard)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=run)
