@@ -125,6 +125,16 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], *, device: torch.d
     return totals
 
 
+def say(line: str) -> None:
+    """One progress line on stderr, which Ray streams to the driver.
+
+    Not print(): Ray Train V2 patches print in its workers to send each line to its logger as well
+    as to the (wrapped) stream, and the driver then showed every line twice.
+    """
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -184,7 +194,7 @@ def train_loop_per_worker(config: dict) -> None:
             ema.load_state_dict(state["ema"])
         epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
         if rank == 0:
-            print(f"resumed from a checkpoint at epoch {epoch}, step {step}", file=sys.stderr, flush=True)
+            say(f"resumed from a checkpoint at epoch {epoch}, step {step}")
     elif config.get("init_checkpoint"):
         # Warm start (incept retrain, retrain.warm_start): weights only, from the averaged model that
         # was evaluated and registered; the optimiser, the schedule and the average start afresh.
@@ -194,7 +204,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
         ema = ModelEma(model, o.ema_decay) if o.ema_decay > 0 else None
         if rank == 0:
-            print(f"warm start from {config['init_checkpoint']}", file=sys.stderr, flush=True)
+            say(f"warm start from {config['init_checkpoint']}")
 
     # (3) Ray: wrap in DDP (and compile); the bare `model` is what checkpoints and the registry get.
     train_model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -255,7 +265,7 @@ def train_loop_per_worker(config: dict) -> None:
             rate = images_done / (time.perf_counter() - run_start)
             eta = (t.epochs - epoch) * steps * t.batch_size * world / max(rate, 1e-9)
             val = f" | val top1 {metrics['val_top1']:.3f} top5 {metrics['val_top5']:.3f}" if "val_top1" in metrics else ""
-            print(f"epoch {epoch}/{t.epochs} | loss {stats.loss:.3f}{val} | {metrics['images_per_s']:.0f} img/s | ETA {_format_eta(eta)}", file=sys.stderr, flush=True)
+            say(f"epoch {epoch}/{t.epochs} | loss {stats.loss:.3f}{val} | {metrics['images_per_s']:.0f} img/s | ETA {_format_eta(eta)}")
             if sink is not None:
                 sink.log({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, step=step)
         report(metrics, epoch_done=epoch, in_epoch=0)
