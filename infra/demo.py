@@ -33,7 +33,7 @@ def run_demo(*, workdir: Path, overrides: list[str] = (), train_per_class: int =
         make_sample_set(data, classes=10, train_per_class=train_per_class, val_per_class=val_per_class, source="digits", quirks=True)
     init_ray()
     for split in ("train", "val"):
-        result = run_job(plan_job(str(data), split, str(shards / split), ShardOptions(shard_size=250)))
+        result = run_job(plan_job(str(data), split, str(shards / split), ShardOptions(shard_size=100)))
         say(f"{split}: {result.summary()}")
 
     config = config_module.load(DEMO_CONFIG, [f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", *overrides])

@@ -59,7 +59,7 @@ class TrainSection:
     cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker; the rest decode and augment images
     compile: bool = False  # torch.compile the model (GPU)
     bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU, which trains in fp32)
-    channels_last: bool = True  # NHWC memory format on GPU
+    channels_last: bool = True  # NHWC memory format (faster on GPUs and, for training steps, on CPUs)
     seed: int = 0
     run_name: str = ""  # Ray Train run (and checkpoint folder) name; rerun with the same name to resume
     storage_path: str = ""  # checkpoints: shared storage (s3://, NFS) for multi-node; empty: <workdir>/runs

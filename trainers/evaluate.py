@@ -115,7 +115,9 @@ def evaluate_shards(loader, uri: str, crops: list, *, batch_size: int = 16, conc
         fn_constructor_kwargs={"loader": loader, "protocols": names, "use_gpu": use_gpu, "batch_size": batch_size},
         batch_size=None,  # whole blocks: a map with a batch size never fuses with a read
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        # One shard per actor at a time: otherwise the first actor to start queues every block
+        # while the others are still loading the model (seen: 2 shards, 2 actors, 1 doing both).
+        compute=ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
         **remote_args,
     )
     sums = {f"top{k}_{n}": 0 for n in names for k in (1, 5)}

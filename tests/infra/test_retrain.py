@@ -1,13 +1,10 @@
 """incept retrain: the decision rule (unit), and whole cycles through the real CLI (e2e).
 
 The e2e cycles run on the session's shared Ray with the embedded SQLite MLflow of a private work
-directory, on a tiny digits set. Two trainings in all (about 45 s each here): cycle 1 promotes
-(no champion), cycle 2 finds no new data, cycle 3 (--force, train.epochs=0) is refused.
-
-Why cycle 3 sets retrain.margin=1.0: at this size (36 images, 8 steps) the trained model does
-not reliably beat the untrained one; both scored 0.333 top-1 (chance for 3 classes) when this
-was written. No model beats another by more than 1.0 on a fraction, so the refusal is certain;
-the comparison itself is covered exactly by the unit tests of `decide`.
+directory, on a small synthetic set (3 classes, 120 training images). Two trainings in all:
+cycle 1 trains a model that learns (75 steps take it well above chance) and promotes it (no
+champion), cycle 2 finds no new data, cycle 3 (--force, train.epochs=0: an untrained model, at
+chance) is worse than the champion and is refused on its merits.
 """
 
 from __future__ import annotations
@@ -21,7 +18,9 @@ from infra import config as config_module
 from infra.retrain import check_policy, decide
 from pipelines.errors import UserError
 
-TINY = ["model.width=0.125", "model.resolution=75", "train.num_workers=1", "train.batch_size=8", "train.epochs=2", "eval.crops=[1]"]
+# One worker, 15 steps an epoch: 75 steps at 0.0225 (the demo's rate per image at twice the batch)
+# took the quarter-width network to 0.93-1.0 top-1 on this set in three seeds run in one process.
+SMALL = ["train.num_workers=1", "train.batch_size=8", "train.epochs=5", "optim.lr=0.0225", "eval.crops=[1]"]
 
 
 @pytest.mark.unit
@@ -74,14 +73,14 @@ def test_three_cycles(tmp_path, cli, cli_env, embedded_env):
 
     assert embedded_env == tmp_path / "work"  # the same store the CLI writes (cli_env's INCEPT_WORKDIR)
     src = tmp_path / "src"
-    make_sample_set(src, classes=3, train_per_class=12, val_per_class=4)
+    make_sample_set(src, classes=3, train_per_class=40, val_per_class=10, source="synthetic")
     base = ["retrain", "--src", str(src), "--config", "configs/demo.yaml"]
 
     # 1. No champion yet: train and promote.
-    first = _json(cli(*base, *TINY, "--json", env=cli_env))
+    first = _json(cli(*base, *SMALL, "--json", env=cli_env))
     assert first["promoted"] is True and first["decision"] == "promoted"
     assert first["version"] == "1" and first["champion"] is None and first["champion_version"] is None
-    assert 0.0 <= first["challenger"] <= 1.0 and first["metric"] == "top1_1crop"
+    assert first["challenger"] >= 0.6 and first["metric"] == "top1_1crop"  # it learned: chance is 0.33
     assert "no champion" in first["reason"]
     champion = registry.show("inception-v3@champion")
     assert champion.version == "1"
@@ -91,13 +90,14 @@ def test_three_cycles(tmp_path, cli, cli_env, embedded_env):
     assert champion.metrics["top1_1crop"] == pytest.approx(first["challenger"])
 
     # 2. The same data again: nothing to do (human output this time).
-    second = cli(*base, *TINY, env=cli_env)
+    second = cli(*base, *SMALL, env=cli_env)
     assert second.stdout.startswith("not promoted: no new data")
     assert len(registry.list_models()[0]["versions"]) == 1  # nothing trained
 
-    # 3. Forced, with an untrained model and a margin no model can clear: refused.
-    third = _json(cli(*base, "--force", *TINY, "train.epochs=0", "retrain.margin=1.0", "--json", env=cli_env))
+    # 3. Forced, with an untrained model: worse than the champion on the same shards, refused.
+    third = _json(cli(*base, "--force", *SMALL, "train.epochs=0", "retrain.margin=0.01", "--json", env=cli_env))
     assert third["promoted"] is False and third["decision"] == "rejected"
+    assert third["challenger"] < third["champion"] - 0.01
     assert third["version"] == "2" and third["champion_version"] == "1"
     assert third["champion"] is not None and third["challenger"] is not None
     assert "does not beat" in third["reason"]
