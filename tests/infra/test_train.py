@@ -111,18 +111,16 @@ def test_training_survives_a_killed_worker_and_a_killed_driver_and_learns(shards
 
     from mlflow import MlflowClient
 
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cli_env['INCEPT_WORKDIR']}/mlflow.db"
-    try:
-        client = MlflowClient()
-        losses = [m.value for m in sorted(client.get_metric_history(outcome["run_id"], "loss"), key=lambda m: m.step)]
-        assert len(losses) >= 10 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss falls
-        version = client.get_model_version("inception-v3", "1")
-        assert version.tags["run_id"] == outcome["run_id"] and version.tags["data_fingerprint"]
-        assert str(client.get_model_version_by_alias("inception-v3", "challenger").version) == "1"
-        artifacts = {a.path for a in client.list_artifacts(outcome["run_id"])}
-        assert {"training_curves.png", "crop_protocols.png", "config.json"} <= artifacts
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # The CLI's store, named explicitly: an earlier test in this process may have set MLflow's global URI.
+    store = f"sqlite:///{cli_env['INCEPT_WORKDIR']}/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    losses = [m.value for m in sorted(client.get_metric_history(outcome["run_id"], "loss"), key=lambda m: m.step)]
+    assert len(losses) >= 10 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss falls
+    version = client.get_model_version("inception-v3", "1")
+    assert version.tags["run_id"] == outcome["run_id"] and version.tags["data_fingerprint"]
+    assert str(client.get_model_version_by_alias("inception-v3", "challenger").version) == "1"
+    artifacts = {a.path for a in client.list_artifacts(outcome["run_id"])}
+    assert {"training_curves.png", "crop_protocols.png", "config.json"} <= artifacts
 
     # Registering again (a rerun of a finished run) creates no second version.
     again = json.loads(cli(*args, "--json", env=cli_env, timeout=900).stdout)
