@@ -108,7 +108,7 @@ def evaluate_shards(loader, uri: str, crops: list, *, batch_size: int = 16, conc
         decoder=None,
         file_extensions=["tar"],
         override_num_blocks=len(shards),  # one block per shard, never split: the read fuses into the actors
-        ray_remote_args=remote_args,
+        **remote_args,
     )
     ds = ds.map_batches(
         CropPredictor,
