@@ -160,6 +160,7 @@ def validate(config: Config) -> None:
         (config.optim.lr >= 0, "optim.lr must be at least 0 (0: the paper's rate scaled to the batch)"),
         (all(str(c) in ("1", "10", "12", "144") for c in config.eval.crops), "eval.crops must be a list of 1, 10, 12, 144"),
         (0 <= config.optim.ema_decay < 1, "optim.ema_decay must be in [0, 1)"),
+        (config.eval.concurrency >= 0, "eval.concurrency must be at least 0 (0: one evaluation actor per CPU or GPU)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -33,6 +33,7 @@ def run_demo(*, workdir: Path, overrides: list[str] = (), train_per_class: int =
         make_sample_set(data, classes=10, train_per_class=train_per_class, val_per_class=val_per_class, source="digits", quirks=True)
     init_ray()
     for split in ("train", "val"):
+        # 100 per shard: the 200 validation images make 2 shards, one per evaluation actor (one per CPU).
         result = run_job(plan_job(str(data), split, str(shards / split), ShardOptions(shard_size=100)))
         say(f"{split}: {result.summary()}")
 

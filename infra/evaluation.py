@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from infra import registry, tracking
 from infra.ray_runtime import init_ray
 from trainers.evaluate import CheckpointModel, evaluate_shards
-from trainers.fit import FORWARDED_ENV
+from trainers.fit import forwarded_env
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def evaluate_model(model: str, shards: str, crops: list, *, batch_size: int = 16
     loader, ref = loader_for(model)
     init_ray()
     metrics = evaluate_shards(loader, shards, crops, batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu,
-                              env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+                              env_vars=forwarded_env())
     if ref is not None:
         registry.set_version_metrics(f"{ref.name}/{ref.version}", metrics)
     return {"model": model, "version": ref.version if ref else None, "shards": shards, "metrics": metrics}

@@ -27,7 +27,7 @@ from pipelines import manifest
 from pipelines.errors import UserError
 from trainers import checkpoint
 from trainers.evaluate import CheckpointModel, evaluate_shards
-from trainers.fit import FORWARDED_ENV, fit
+from trainers.fit import forwarded_env, fit
 from trainers.serving import ServingModel
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def train(config: Config, *, config_path: str | None = None, init_checkpoint: st
             state = checkpoint.load(folder)
             if config.data.val and config.eval.crops:
                 outcome["metrics"] = evaluate_shards(CheckpointModel(folder), config.data.val, config.eval.crops, batch_size=config.eval.batch_size,
-                                                     concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu, env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+                                                     concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu, env_vars=forwarded_env())
         tracking.connect()
         _log_results(run_id, outcome["metrics"])
         if config.registry.register:

@@ -32,6 +32,13 @@ import numpy as np
 from pipelines.transforms import eval_transform, train_transform
 
 
+def slices(batch: dict, rows: int) -> Iterator[dict]:
+    """Consecutive `rows`-row slices of a column batch (the last may be shorter)."""
+    n = len(next(iter(batch.values())))
+    for start in range(0, n, rows):
+        yield {k: v[start : start + rows] for k, v in batch.items()}
+
+
 @dataclass(frozen=True)
 class InChunks:
     """A map_batches UDF: `fn` on consecutive `rows`-row slices of whatever block arrives, each yielded.
@@ -44,26 +51,34 @@ class InChunks:
     rows: int
 
     def __call__(self, batch: dict) -> Iterator[dict]:
-        n = len(next(iter(batch.values())))
-        for start in range(0, n, self.rows):
-            yield self.fn({k: v[start : start + self.rows] for k, v in batch.items()})
+        for part in slices(batch, self.rows):
+            yield self.fn(part)
 
 
-def _read_and_map(uri: str, fn, *, shuffle: bool, batch_rows: int):
+def read_shards(uri: str, *, shuffle: bool, **remote_args):
+    """The shards at `uri` as raw samples, one block per shard, for a map over whole blocks to fuse with.
+
+    `remote_args` (num_cpus, num_gpus, runtime_env) must equal the fused map's: Ray fuses a read
+    into a map only when both ask for the same.
+    """
     import ray.data
 
     from pipelines import manifest  # here: pyarrow, which a torch-only box running trainers.loop may lack
 
     shards = manifest.shard_uris(uri, manifest.read(uri))
-    ds = ray.data.read_webdataset(
+    return ray.data.read_webdataset(
         shards,
         decoder=None,  # keep the JPEG bytes; False would still decode (REFERENCE.md)
         file_extensions=["tar"],  # never a temporary or the manifest
         shuffle="files" if shuffle else None,  # a new shard order on every execution (epoch)
         override_num_blocks=len(shards),  # one read task per shard, never split: see the module docstring
+        **remote_args,
     )
+
+
+def _read_and_map(uri: str, fn, *, shuffle: bool, batch_rows: int):
     # batch_size=None: the whole block (one shard) per call, so the map fuses with the read.
-    return ds.map_batches(InChunks(fn, batch_rows), batch_format="numpy", batch_size=None)
+    return read_shards(uri, shuffle=shuffle).map_batches(InChunks(fn, batch_rows), batch_format="numpy", batch_size=None)
 
 
 def train_dataset(uri: str, *, resolution: int, area, ratio, flip: bool, color: bool, batch_rows: int = 32):

@@ -29,6 +29,8 @@ from PIL import Image
 
 from pipelines import manifest
 from pipelines.crops import protocol
+from pipelines.errors import UserError
+from pipelines.stream import read_shards, slices
 from trainers import checkpoint
 from trainers.serving import ServingModel
 
@@ -59,9 +61,8 @@ class CropPredictor:
 
     def __call__(self, block: dict) -> Iterator[dict]:
         """A whole shard (the fused read's block) -> per-image hits, `batch_size` images at a time."""
-        n = len(block["cls"])
-        for start in range(0, n, self.batch_size):
-            yield self.predict({k: v[start : start + self.batch_size] for k, v in block.items()})
+        for batch in slices(block, self.batch_size):
+            yield self.predict(batch)
 
     @torch.no_grad()
     def predict(self, batch: dict) -> dict:
@@ -80,37 +81,26 @@ class CropPredictor:
         return out
 
 
-def default_concurrency(*, use_gpu: bool, num_shards: int) -> int:
-    """One actor per GPU (or CPU) of the cluster, at most one per shard."""
-    import ray
-
-    resources = ray.cluster_resources()
-    return max(1, min(int(resources.get("GPU" if use_gpu else "CPU", 1)), num_shards))
-
-
 def evaluate_shards(loader, uri: str, crops: list, *, batch_size: int = 16, concurrency: int = 0, use_gpu: bool = False, env_vars: dict | None = None) -> dict[str, float]:
     """top1_Ncrop / top5_Ncrop (fractions) for each protocol N, over every sample in the shards at `uri`.
 
-    `concurrency`: actors, one model each; 0: `default_concurrency`.
+    `concurrency`: actors, one model each; 0: one per CPU of the cluster, or per GPU with
+    `use_gpu`. Never more than one per shard (a shard is one block).
     """
     import ray.data
 
     names = [str(c) for c in crops]
     for name in names:
         protocol(name)  # an unknown protocol fails here, before Ray starts work
+    if concurrency < 0:
+        raise UserError(f"concurrency must be at least 0 (0: one actor per CPU or GPU), got {concurrency}")
     data = manifest.read(uri)
-    shards = manifest.shard_uris(uri, data)
-    concurrency = min(concurrency or default_concurrency(use_gpu=use_gpu, num_shards=len(shards)), len(shards))
-    # Ray fuses the read into the map only when both ask for the same resources and runtime env.
+    devices = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0))
+    if use_gpu and devices == 0:
+        raise UserError("the Ray cluster has no GPU: evaluate without --gpu (train.use_gpu=false), or on a cluster with GPUs")
+    concurrency = max(1, min(concurrency or devices, len(data["shards"])))
     remote_args = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0, **({"runtime_env": {"env_vars": env_vars}} if env_vars else {})}
-    ds = ray.data.read_webdataset(
-        shards,
-        decoder=None,
-        file_extensions=["tar"],
-        override_num_blocks=len(shards),  # one block per shard, never split: the read fuses into the actors
-        **remote_args,
-    )
-    ds = ds.map_batches(
+    ds = read_shards(uri, shuffle=False, **remote_args).map_batches(
         CropPredictor,
         fn_constructor_kwargs={"loader": loader, "protocols": names, "use_gpu": use_gpu, "batch_size": batch_size},
         batch_size=None,  # whole blocks: a map with a batch size never fuses with a read

@@ -19,6 +19,11 @@ from trainers.loop import train_loop_per_worker
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 
 
+def forwarded_env() -> dict[str, str]:
+    """The FORWARDED_ENV variables set in this process, for a Ray runtime_env's env_vars."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
 @dataclass
 class FitResult:
     checkpoint: str  # folder (local path or URI) of the last checkpoint
@@ -32,7 +37,7 @@ def data_config(recipe: Recipe, train_manifest: dict) -> dict:
 
     config = model_data_config(recipe.model.variant)
     classes = list(train_manifest["classes"])
-    words = train_manifest.get("words", {})  # wnid -> words; the registry wants a list beside `classes`
+    words = train_manifest.get("words", {})  # wnid -> words; the data config keeps a list in label order, like `classes`
     config.update(
         input_size=recipe.model.resolution,
         resolution=recipe.model.resolution,
@@ -84,7 +89,7 @@ def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None, init_che
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            worker_runtime_env={"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}},
+            worker_runtime_env={"env_vars": forwarded_env()},
         ),
         datasets=datasets,
     )

@@ -32,6 +32,7 @@ def test_file_then_dotted_overrides(tmp_path):
         ("model.variant=200", "model.variant must be one of [79, 151, 299]"),
         ("model.resolution=60", "model.resolution must be at least 75"),
         ("eval.crops=[3]", "eval.crops must be a list of 1, 10, 12, 144"),
+        ("eval.concurrency=-1", "eval.concurrency must be at least 0"),
         ("epochs", "must look like section.key=value"),
         ("train=3", "expected a section"),
     ],

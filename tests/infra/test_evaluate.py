@@ -101,7 +101,6 @@ def test_registry_reference_writes_metrics_to_the_version(val_shards, tiny_model
     from infra import registry
 
     module, metadata, example = tiny_model(num_classes=3)
-    metadata["classes"] = [f"n{i:08d}" for i in range(3)]
     run_id = new_run()
     info = registry.register(model=module, input_example=example, metadata=metadata, metrics={}, tags={}, run_id=run_id, model_name="incept-evaluate")
 
@@ -114,3 +113,14 @@ def test_registry_reference_writes_metrics_to_the_version(val_shards, tiny_model
 
     missing = cli("evaluate", "incept-evaluate@champion", "--shards", str(val_shards), env=cli_env, check=False)
     assert missing.returncode == 2 and "champion" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_mistakes_are_one_line(val_shards, checkpoint_folder, cli, cli_env):
+    # The session's Ray has no GPU; asking for one must not leave actors pending forever.
+    for args, message in [
+        (["--gpu"], "the Ray cluster has no GPU"),
+        (["--concurrency", "-1"], "concurrency must be at least 0"),
+        (["--crops", "7"], "7"),
+    ]:
+        proc = cli("evaluate", str(checkpoint_folder), "--shards", str(val_shards), *args, env=cli_env, check=False, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.stream import equal_batches, steps_per_epoch
+from pipelines.stream import InChunks, equal_batches, slices, steps_per_epoch
 
 pytestmark = pytest.mark.unit
 
@@ -37,3 +37,12 @@ def test_zero_steps_reads_nothing():
 @pytest.mark.parametrize("n, world, batch, steps", [(1000, 2, 32, 15), (1001, 2, 32, 15), (63, 1, 32, 1), (10, 4, 8, 0)])
 def test_steps_per_epoch(n, world, batch, steps):
     assert steps_per_epoch(n, world_size=world, batch_size=batch) == steps
+
+
+def test_slices_and_in_chunks_cover_a_block_in_order():
+    block = {"a": np.arange(7), "b": np.arange(7) * 10}
+    parts = list(slices(block, 3))
+    assert [p["a"].tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [p["b"].tolist() for p in parts] == [[0, 10, 20], [30, 40, 50], [60]]
+    doubled = list(InChunks(lambda b: {"a": b["a"] * 2}, 4)(block))
+    assert [p["a"].tolist() for p in doubled] == [[0, 2, 4, 6], [8, 10, 12]]
