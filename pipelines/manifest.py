@@ -51,6 +51,7 @@ def read(uri: str) -> dict:
     try:
         manifest = json.loads(storage.read_bytes(location, MANIFEST))
     except FileNotFoundError:
+        storage.check(location)  # a missing bucket says so, rather than "shard first"
         raise UserError(f"no {MANIFEST} in {uri}: shard the data first (incept shard --out {uri})") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{storage.uri_of(location, MANIFEST)} is not valid JSON ({err}): reshard the split") from None
@@ -63,5 +64,11 @@ def read(uri: str) -> dict:
 
 
 def shard_uris(uri: str, manifest: dict) -> list[str]:
+    """URIs of the non-empty shards, each with the folder's options (endpoint): openable on any node."""
     location = storage.locate(uri)
     return [storage.uri_of(location, s["name"]) for s in manifest["shards"] if s["num_samples"] > 0]
+
+
+def shard_paths(location: storage.Location, manifest: dict) -> list[str]:
+    """Filesystem paths of the non-empty shards, for readers handed `location.fs` itself."""
+    return [location.join(s["name"]) for s in manifest["shards"] if s["num_samples"] > 0]

@@ -130,9 +130,10 @@ class ShardJob:
 
 def plan_job(src: str, split: str, out: str, options: ShardOptions) -> ShardJob:
     """Read the source, plan the shards and check the output for finished ones. No Ray needed."""
+    location = storage.locate(out)  # a URI with credentials in it is refused before anything else
     listing = imagenet.list_split(src, split)
     plans = plan_shards(listing.samples, shard_size=options.shard_size, seed=options.seed, prefix=options.prefix, split=split)
-    location = storage.locate(out)
+    storage.check(location)
     storage.make_dirs(location)
     storage.make_dirs(location, PROGRESS)
     stale = storage.remove_stale_temporaries(location) + storage.remove_stale_temporaries(location, PROGRESS)
@@ -148,7 +149,8 @@ def plan_job(src: str, split: str, out: str, options: ShardOptions) -> ShardJob:
             todo.append((plan, digest))
     if kept:
         log.info("%d of %d shards are complete from an earlier run; writing %d", len(kept), len(plans), len(todo))
-    return ShardJob(os.path.abspath(src), split, out, listing, imagenet.class_words(src), bytes_options, plans, kept, todo)
+    # The canonical URI: the driver's S3 endpoint travels in it to write tasks on other nodes.
+    return ShardJob(os.path.abspath(src), split, location.uri, listing, imagenet.class_words(src), bytes_options, plans, kept, todo)
 
 
 def run_job(job: ShardJob, *, concurrency: int | None = None) -> ShardResult:

@@ -63,11 +63,15 @@ def read_shards(uri: str, *, shuffle: bool, **remote_args):
     """
     import ray.data
 
-    from pipelines import manifest  # here: pyarrow, which a torch-only box running trainers.loop may lack
+    from pipelines import manifest, storage  # here: pyarrow, which a torch-only box running trainers.loop may lack
 
-    shards = manifest.shard_uris(uri, manifest.read(uri))
+    location = storage.locate(uri)
+    shards = manifest.shard_paths(location, manifest.read(uri))
     return ray.data.read_webdataset(
         shards,
+        # The filesystem itself, not URIs: it pickles with its endpoint, so a reader on a node
+        # without the driver's AWS_ENDPOINT_URL reads the same store.
+        filesystem=location.fs,
         decoder=None,  # keep the JPEG bytes; False would still decode (REFERENCE.md)
         file_extensions=["tar"],  # never a temporary or the manifest
         shuffle="files" if shuffle else None,  # a new shard order on every execution (epoch)

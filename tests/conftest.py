@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # tests/servers.py: the real servers the stack fixtures start
+
+import servers  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,3 +73,48 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
 @pytest.fixture()
 def cli():
     return run_cli
+
+
+# --- The cluster stack: real servers on 127.0.0.1, each started once per test run on first use ---
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 API server with the test bucket (servers.S3Server)."""
+    server = servers.start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_env(monkeypatch, s3_server):
+    """This process as a node of the stack sees S3: credentials in the environment, no endpoint variable."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**{k: v for k, v in servers.NODE_SECRETS.items() if k.startswith("AWS_")},
+                       "AWS_DEFAULT_REGION": servers.REGION, "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = servers.start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """`ray start --head` in token mode (servers.RayCluster); a test adds the second node it needs."""
+    cluster = servers.start_ray_cluster(tmp_path_factory.mktemp("ray-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_stack(tmp_path_factory, postgres, s3_server):
+    """`mlflow server` on PostgreSQL with artifacts proxied into the S3 server (its `uri` waits until it answers)."""
+    stack = servers.launch_mlflow(tmp_path_factory.mktemp("mlflow-stack"), postgres, s3_server)
+    yield stack
+    stack.stop()
