@@ -7,19 +7,41 @@ One file, `state.pt`, in a folder that Ray Train persists to `RunConfig.storage_
     step                        optimiser steps so far (the schedule's position)
     recipe                      the resolved training config (dict)
     data_config                 classes, words, resolution, crop fraction, normalisation
+
+Tensors and plain values only, and loaded that way (`torch.load(weights_only=True)`): a checkpoint
+path can come from a registry tag (warm start), and whoever can edit the tag must not be able to
+make every worker unpickle a file of their choice. A file that needs more is refused.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import torch
 
+from pipelines import storage
+from pipelines.errors import UserError
 from trainers.inception_v3 import InceptionV3, inception_v3
 
 STATE_FILE = "state.pt"
+
+
+def training_state(*, model, ema, optimizer, epoch: int, epoch_step: int, step: int, recipe: dict, data_config: dict) -> dict:
+    """What the loop saves: the layout in the module docstring (`model` bare, `ema` a ModelEma or None)."""
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "epoch_step": epoch_step,
+        "step": step,
+        "recipe": recipe,
+        "data_config": data_config,
+    }
 
 
 def save(folder: str | os.PathLike, state: dict) -> None:
@@ -32,8 +54,21 @@ def save(folder: str | os.PathLike, state: dict) -> None:
     os.replace(temp, folder / STATE_FILE)
 
 
-def load(folder: str | os.PathLike, map_location="cpu") -> dict:
-    return torch.load(Path(folder) / STATE_FILE, map_location=map_location, weights_only=False)
+def load(folder: str, map_location="cpu") -> dict:
+    """The state in checkpoint `folder`: a local path or a storage URI (s3://..., options included)."""
+    location = storage.locate(folder)
+    try:
+        data = storage.read_bytes(location, STATE_FILE)
+    except FileNotFoundError:
+        raise UserError(f"{storage.uri_of(location, STATE_FILE)} does not exist: not a training checkpoint folder") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).splitlines()[0] if str(err) else "objects other than tensors and plain values"
+        raise UserError(
+            f"refusing to load {storage.uri_of(location, STATE_FILE)}: it holds more than tensors and plain values "
+            f"({reason[:200]}); incept checkpoints never do, so it was not written by incept"
+        ) from None
 
 
 def build_model(state: dict, *, averaged: bool = True) -> InceptionV3:
