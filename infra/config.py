@@ -19,8 +19,12 @@ from pathlib import Path
 
 import yaml
 
+from pipelines import storage
 from pipelines.errors import UserError
 from trainers.config import DataSection, EvalSection, ModelSection, OptimSection, Recipe, TrainSection
+
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,12 @@ def validate(config: Config) -> None:
         (config.optim.lr >= 0, "optim.lr must be at least 0 (0: the paper's rate scaled to the batch)"),
         (all(str(c) in ("1", "10", "12", "144") for c in config.eval.crops), "eval.crops must be a list of 1, 10, 12, 144"),
         (0 <= config.optim.ema_decay < 1, "optim.ema_decay must be in [0, 1)"),
+        (config.train.placement_strategy in PLACEMENT_STRATEGIES,
+         f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)} (Ray placement groups)"),
         (config.eval.concurrency >= 0, "eval.concurrency must be at least 0 (0: one evaluation actor per CPU or GPU)"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    for key, value in (("data.train", config.data.train), ("data.val", config.data.val), ("train.storage_path", config.train.storage_path)):
+        storage.check_no_credentials(value, f"config key {key}:")

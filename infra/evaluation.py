@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from infra import registry, tracking
 from infra.ray_runtime import init_ray
+from pipelines import storage
+from pipelines.errors import UserError
+from trainers.checkpoint import STATE_FILE
 from trainers.evaluate import CheckpointModel, evaluate_shards
-from trainers.fit import forwarded_env
 
 
 @dataclass(frozen=True)
@@ -30,22 +32,25 @@ class RegisteredModel:
 
 
 def loader_for(model: str):
-    if os.path.exists(model):
-        path = os.path.abspath(model)
-        return CheckpointModel(path if os.path.isfile(os.path.join(path, "state.pt")) else _latest_checkpoint(path)), None
+    """A checkpoint folder or run folder (local path or storage URI), else a registry reference."""
+    if storage.has_scheme(model) or os.path.exists(model):
+        return CheckpointModel(checkpoint_folder(model)), None
     tracking.connect()
     ref = registry.resolve(model)  # an unknown name or alias fails here, with what exists
-    return RegisteredModel(f"{ref.name}/{ref.version}", tracking.tracking_uri()), ref
+    # Without user:password: the actor's node has its own credentials (tracking.WORKER_ENV).
+    return RegisteredModel(f"{ref.name}/{ref.version}", tracking.strip_userinfo(tracking.tracking_uri())), ref
 
 
-def _latest_checkpoint(run_folder: str) -> str:
-    """A Ray Train run folder -> its newest checkpoint_* folder."""
-    from pipelines.errors import UserError
-
-    found = sorted(d for d in os.listdir(run_folder) if d.startswith("checkpoint_") and os.path.isfile(os.path.join(run_folder, d, "state.pt")))
+def checkpoint_folder(path: str) -> str:
+    """A checkpoint folder as given, or a Ray Train run folder's newest checkpoint_* folder; as a URI any node opens."""
+    location = storage.locate(path)
+    storage.check(location)
+    if storage.exists(location, STATE_FILE):
+        return location.uri
+    found = [d for d in storage.list_folders(location) if d.startswith("checkpoint_") and storage.exists(location.child(d), STATE_FILE)]
     if not found:
-        raise UserError(f"{run_folder} holds no training checkpoint (state.pt): pass a checkpoint folder or a registry reference")
-    return os.path.join(run_folder, found[-1])
+        raise UserError(f"{location.uri} holds no training checkpoint ({STATE_FILE}): pass a checkpoint folder or a registry reference")
+    return location.child(sorted(found)[-1]).uri
 
 
 def evaluate_model(model: str, shards: str, crops: list, *, batch_size: int = 16, concurrency: int = 0, use_gpu: bool = False) -> dict:
@@ -53,7 +58,7 @@ def evaluate_model(model: str, shards: str, crops: list, *, batch_size: int = 16
     loader, ref = loader_for(model)
     init_ray()
     metrics = evaluate_shards(loader, shards, crops, batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu,
-                              env_vars=forwarded_env())
+                              env_vars=tracking.worker_env())
     if ref is not None:
         registry.set_version_metrics(f"{ref.name}/{ref.version}", metrics)
     return {"model": model, "version": ref.version if ref else None, "shards": shards, "metrics": metrics}

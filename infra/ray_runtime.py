@@ -29,3 +29,10 @@ def init_ray(*, num_cpus: int | None = None) -> None:
     except ConnectionError as err:
         raise UserError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: {err}; unset RAY_ADDRESS for a local Ray") from None
     log.info("Ray: %s", address or f"local instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+
+
+def alive_nodes() -> int:
+    """Nodes of the connected Ray cluster that are alive now."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))

@@ -121,20 +121,49 @@ def _fix_hint(uri: str) -> str:
     )
 
 
+def is_database(uri: str) -> bool:
+    """A SQLAlchemy store on a database server (postgresql://, mysql://, with or without +driver)."""
+    return urllib.parse.urlparse(uri).scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mssql")
+
+
+def check_database(uri: str, *, timeout: float = DEFAULT_PROBE_TIMEOUT_S) -> None:
+    """One UserError line if the database store at `uri` cannot be reached (MLflow would retry for minutes)."""
+    import sqlalchemy
+
+    shown = redact(uri)
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout))})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ModuleNotFoundError as err:
+        raise UserError(f"MLflow store {shown} needs the {err.name} driver: pip install 'incept[server]'") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise UserError(
+            f"MLflow store {shown} is unreachable ({reason[0][:200] if reason else type(err).__name__}); "
+            "start the database or fix MLFLOW_TRACKING_URI"
+        ) from None
+
+
 def check_reachable(uri: str | None = None, *, timeout: float = DEFAULT_PROBE_TIMEOUT_S) -> None:
-    """Raise one clear UserError line if the HTTP tracking server at `uri` cannot be used.
+    """Raise one clear UserError line if the tracking server (or database) at `uri` cannot be used.
 
     Probes `GET <uri>/health` (no retries, `timeout` seconds), then one authenticated API call so
-    that wrong credentials show up here too. Embedded stores need no probe.
+    that wrong credentials show up here too. A database store gets one connection attempt; files
+    and SQLite need no probe.
     """
     uri = uri or tracking_uri()
+    if is_database(uri):
+        check_database(uri, timeout=timeout)
+        return
     if not is_http(uri):
         return
     shown = redact(uri)
     base = uri.rstrip("/")
     tls = _tls_context(uri)
     try:
-        with urllib.request.urlopen(f"{_strip_userinfo(base)}/health", timeout=timeout, context=tls) as resp:
+        with urllib.request.urlopen(f"{strip_userinfo(base)}/health", timeout=timeout, context=tls) as resp:
             resp.read(64)
     except urllib.error.HTTPError as err:
         # A proxy in front of MLflow may guard /health too; the API call below says more.
@@ -144,7 +173,7 @@ def check_reachable(uri: str | None = None, *, timeout: float = DEFAULT_PROBE_TI
         reason = getattr(err, "reason", err)
         raise UserError(f"MLflow tracking server {shown} is unreachable ({_reason(reason)}); {_fix_hint(uri)}") from None
 
-    api = f"{_strip_userinfo(base)}/api/2.0/mlflow/experiments/search?max_results=1"
+    api = f"{strip_userinfo(base)}/api/2.0/mlflow/experiments/search?max_results=1"
     request = urllib.request.Request(api, headers=_auth_headers(uri))
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=tls) as resp:
@@ -184,7 +213,7 @@ def _reason(reason) -> str:
     return "timed out" if "timed out" in text.lower() else text
 
 
-def _strip_userinfo(uri: str) -> str:
+def strip_userinfo(uri: str) -> str:
     parts = urllib.parse.urlsplit(uri)
     if parts.username is None and parts.password is None:
         return uri
@@ -207,6 +236,21 @@ def _auth_headers(uri: str) -> dict[str, str]:
     elif token:
         headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+# What workers, evaluation actors and jobs on other nodes need to reach the same tracking server.
+# Credentials are not among them: Ray stores a runtime_env with the job or actor and shows it to
+# anyone who can list them, so each node gets MLFLOW_TRACKING_USERNAME / _PASSWORD from its own
+# environment (docs/operations.md).
+WORKER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+def worker_env() -> dict[str, str]:
+    """WORKER_ENV as set in this process, for a Ray runtime_env; the URI without any user:password."""
+    env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+    if "MLFLOW_TRACKING_URI" in env:
+        env["MLFLOW_TRACKING_URI"] = strip_userinfo(env["MLFLOW_TRACKING_URI"])
+    return env
 
 
 def connect(*, timeout: float = DEFAULT_PROBE_TIMEOUT_S) -> str:

@@ -22,12 +22,12 @@ import numpy as np
 from infra import charts, registry, tracking
 from infra.config import Config
 from infra.metrics_sink import MlflowSink
-from infra.ray_runtime import init_ray
-from pipelines import manifest
+from infra.ray_runtime import alive_nodes, init_ray
+from pipelines import manifest, storage
 from pipelines.errors import UserError
 from trainers import checkpoint
 from trainers.evaluate import CheckpointModel, evaluate_shards
-from trainers.fit import forwarded_env, fit
+from trainers.fit import fit
 from trainers.serving import ServingModel
 
 log = logging.getLogger(__name__)
@@ -90,19 +90,28 @@ def _history(run_id: str, keys: list[str]) -> dict[str, list[tuple[int, float]]]
     return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
 
 
-def _local_checkpoint(path: str):
-    """A local folder holding the checkpoint (downloaded first when it lives on s3:// or gs://)."""
-    import ray.train
+def check_storage_reaches_workers(location: storage.Location, *, shared: bool) -> None:
+    """A local storage_path on a multi-node cluster: refused unless `train.storage_shared` says every node mounts it.
 
-    return ray.train.Checkpoint(path).as_directory()
+    Workers on other nodes would write checkpoints to their own disks, and a restarted group (or
+    the evaluation) would not find them.
+    """
+    if not location.is_local or shared:
+        return
+    nodes = alive_nodes()
+    if nodes > 1:
+        raise UserError(
+            f"train.storage_path {location.path} is a local folder and the Ray cluster has {nodes} nodes, which "
+            "cannot all see it: use object storage (train.storage_path=s3://BUCKET/runs), or set "
+            "train.storage_shared=true if every node mounts it at that path (NFS)"
+        )
 
 
 def train(config: Config, *, config_path: str | None = None, init_checkpoint: str | None = None) -> dict:
     """`init_checkpoint`: warm start from that checkpoint's weights (incept retrain); recorded as a tag."""
     run_name = config.train.run_name or f"incept-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    storage_path = config.train.storage_path or str(tracking.workdir() / "runs")
-    if "://" not in storage_path:
-        storage_path = os.path.abspath(storage_path)
+    location = storage.locate(config.train.storage_path or str(tracking.workdir() / "runs"))
+    storage.check(location)  # an unreachable endpoint or a missing bucket fails now, not after the run
     for split in ("train", "val"):
         if getattr(config.data, split):
             manifest.read(getattr(config.data, split))  # a missing or bad manifest fails before anything starts
@@ -111,23 +120,26 @@ def train(config: Config, *, config_path: str | None = None, init_checkpoint: st
     train_manifest = manifest.read(config.data.train)
 
     uri = tracking.connect()
+    init_ray()
+    check_storage_reaches_workers(location, shared=config.train.storage_shared)
     tags = {"data_fingerprint": train_manifest["fingerprint"], "config_sha256": config.sha256(), "git_commit": git_commit(), "ray_job_id": ray_job_id()}
     if init_checkpoint:
         tags["warm_start_checkpoint"] = init_checkpoint
     run_id = _open_run(config, run_name, tags)
     print(f"run {run_name} (MLflow run {run_id}); resume after an interruption with: incept train --config {config_path or 'FILE'} train.run_name={run_name}", file=sys.stderr, flush=True)
 
-    init_ray()
-    result = fit(config.recipe, run_name=run_name, storage_path=storage_path, sink=MlflowSink(uri, run_id), init_checkpoint=init_checkpoint)
+    # The workers' tracking URI carries no user:password: credentials come from each node's environment.
+    result = fit(config.recipe, run_name=run_name, storage_path=location.uri, sink=MlflowSink(tracking.strip_userinfo(uri), run_id),
+                 init_checkpoint=init_checkpoint, worker_env=tracking.worker_env())
     outcome = {"run_id": run_id, "run_name": run_name, "checkpoint": result.checkpoint, "train_metrics": result.metrics, "model_version": None, "metrics": {}}
 
     resume_hint = f"incept train --config {config_path or 'FILE'} train.run_name={run_name}"
     try:
-        with _local_checkpoint(result.checkpoint) as folder:
-            state = checkpoint.load(folder)
-            if config.data.val and config.eval.crops:
-                outcome["metrics"] = evaluate_shards(CheckpointModel(folder), config.data.val, config.eval.crops, batch_size=config.eval.batch_size,
-                                                     concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu, env_vars=forwarded_env())
+        state = checkpoint.load(result.checkpoint)
+        if config.data.val and config.eval.crops:
+            # The checkpoint's URI, not a folder of this node: actors on any node open it.
+            outcome["metrics"] = evaluate_shards(CheckpointModel(result.checkpoint), config.data.val, config.eval.crops, batch_size=config.eval.batch_size,
+                                                 concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu, env_vars=tracking.worker_env())
         tracking.connect()
         _log_results(run_id, outcome["metrics"])
         if config.registry.register:

@@ -63,6 +63,8 @@ class TrainSection:
     seed: int = 0
     run_name: str = ""  # Ray Train run (and checkpoint folder) name; rerun with the same name to resume
     storage_path: str = ""  # checkpoints: shared storage (s3://, NFS) for multi-node; empty: <workdir>/runs
+    storage_shared: bool = False  # a local storage_path is a shared file system (NFS) that every node mounts
+    placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     checkpoint_every_steps: int = 0  # also checkpoint every N steps (0: at the end of each epoch only)
     num_to_keep: int = 2  # checkpoints kept (CheckpointConfig)
     max_failures: int = 3  # worker-group restarts from the last checkpoint (FailureConfig)

@@ -37,7 +37,8 @@ from trainers.serving import ServingModel
 
 @dataclass(frozen=True)
 class CheckpointModel:
-    """Loads the EMA weights of a training checkpoint folder (local path)."""
+    """Loads the EMA weights of a training checkpoint folder: a local path, or a storage URI with its
+    options, which an actor on any node opens (a local path only where every node sees it)."""
 
     path: str
 

@@ -7,28 +7,19 @@ name)`; the loop then finds the last checkpoint with `ray.train.get_checkpoint()
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
-from pipelines import manifest
+from pipelines import manifest, storage
 from pipelines.stream import eval_dataset, train_dataset
 from trainers.config import Recipe
 from trainers.loop import train_loop_per_worker
 
-# Passed to every worker so that a worker on another node reaches the same tracking server.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-
-
-def forwarded_env() -> dict[str, str]:
-    """The FORWARDED_ENV variables set in this process, for a Ray runtime_env's env_vars."""
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-
 
 @dataclass
 class FitResult:
-    checkpoint: str  # folder (local path or URI) of the last checkpoint
+    checkpoint: str  # folder of the last checkpoint: a local path, or a URI with the storage's options
     metrics: dict  # rank 0's last reported metrics
-    run_path: str  # the Ray Train run's folder under storage_path
+    run_path: str  # the Ray Train run's folder under storage_path (same form)
 
 
 def data_config(recipe: Recipe, train_manifest: dict) -> dict:
@@ -48,13 +39,21 @@ def data_config(recipe: Recipe, train_manifest: dict) -> dict:
     return config
 
 
-def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None, init_checkpoint: str | None = None) -> FitResult:
+def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None, init_checkpoint: str | None = None,
+        worker_env: dict[str, str] | None = None) -> FitResult:
     """Train `recipe` as Ray Train run `run_name`; `init_checkpoint`: a checkpoint folder whose (EMA)
-    weights a fresh run starts from instead of random ones (warm start; see the loop)."""
+    weights a fresh run starts from instead of random ones (warm start; see the loop).
+
+    `storage_path`: a local folder or an object-store URI. Ray Train gets the filesystem itself
+    (`storage_filesystem`, with the scheme-less path it then wants), so workers on every node
+    write checkpoints to the same endpoint. `worker_env`: variables for the workers' runtime_env;
+    Ray shows it to anyone who can list the cluster's actors, so never a secret.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     t = recipe.train
+    location = storage.locate(storage_path)
     train_manifest = manifest.read(recipe.data.train)
     datasets = {
         "train": train_dataset(
@@ -83,17 +82,24 @@ def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None, init_che
             num_workers=t.num_workers,
             use_gpu=t.use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})},
+            placement_strategy=t.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=location.path,
+            storage_filesystem=None if location.is_local else location.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            worker_runtime_env={"env_vars": forwarded_env()},
+            worker_runtime_env={"env_vars": dict(worker_env or {})},
         ),
         datasets=datasets,
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name} ended without a checkpoint")
-    return FitResult(checkpoint=result.checkpoint.path, metrics=dict(result.metrics or {}), run_path=result.path)
+    # Ray Train returns scheme-less paths on the storage filesystem (REFERENCE.md): rebuild URIs.
+    return FitResult(
+        checkpoint=storage.uri_for(location, result.checkpoint.path),
+        metrics=dict(result.metrics or {}),
+        run_path=storage.uri_for(location, result.path),
+    )

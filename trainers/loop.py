@@ -140,6 +140,18 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _worker_nodes(rank: int, world: int) -> list[str]:
+    """The Ray node id of every rank (an all-gather), so a restarted group's placement is visible."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [node]
+    nodes: list = [None] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -201,8 +213,8 @@ def train_loop_per_worker(config: dict) -> None:
         # Warm start (incept retrain, retrain.warm_start): weights only, from the averaged model that
         # was evaluated and registered; the optimiser, the schedule and the average start afresh.
         # A resumed run skips this: its own checkpoint already holds the warm-started weights.
-        with ray.train.Checkpoint(config["init_checkpoint"]).as_directory() as folder:
-            state = checkpoint.load(folder, map_location=device)
+        # A URI with its storage options (the endpoint), so any node opens it; tensors only (see checkpoint.load).
+        state = checkpoint.load(config["init_checkpoint"], map_location=device)
         model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
         ema = ModelEma(model, o.ema_decay) if o.ema_decay > 0 else None
         if rank == 0:
@@ -210,6 +222,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     # (3) Ray: wrap in DDP (and compile); the bare `model` is what checkpoints and the registry get.
     train_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    where = _worker_nodes(rank, world)
+    if rank == 0:
+        say("worker group: " + ", ".join(f"rank {r} on node {node}" for r, node in enumerate(where)))
     if t.compile:
         train_model = torch.compile(train_model)
 
@@ -218,16 +233,8 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
-                checkpoint.save(folder, {
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch_done,
-                    "epoch_step": in_epoch,
-                    "step": step,
-                    "recipe": asdict(recipe),
-                    "data_config": data_config,
-                })
+                checkpoint.save(folder, checkpoint.training_state(model=model, ema=ema, optimizer=optimizer, epoch=epoch_done, epoch_step=in_epoch,
+                                                                  step=step, recipe=asdict(recipe), data_config=data_config))
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved)
 

@@ -119,3 +119,15 @@ def test_experiment_get_or_create_is_stable(embedded_env):
 @pytest.mark.e2e
 def test_reachable_real_server_passes(mlflow_server):
     tracking.check_reachable(mlflow_server.uri)
+
+
+@pytest.mark.unit
+def test_worker_env_carries_the_address_and_no_credential(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://incept:uri-pw@mlflow.example.com:5000/prefix")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "incept")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "env-pw")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    assert tracking.worker_env() == {"MLFLOW_TRACKING_URI": "https://mlflow.example.com:5000/prefix", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
