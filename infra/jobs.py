@@ -76,13 +76,12 @@ RUNTIME_ENV_EXCLUDES = (
 )
 
 # Settings the job needs to reach the same MLflow server and work directory as the submitter.
-# RAY_* variables are deliberately absent: the job's driver gets RAY_ADDRESS from Ray, and the
-# cluster's token must come from the cluster's own nodes, never from a job's runtime_env (which
-# Ray stores and shows to anyone who can list jobs).
+# Ray stores a job's runtime_env with the job and shows it to anyone who can list jobs, so no
+# secret travels in it: not the cluster's token (RAY_*: the job's driver gets RAY_ADDRESS from
+# Ray), not MLflow's or AWS's credentials, not a user:password inside the tracking URI (stripped).
+# The cluster's nodes have their own (docs/operations.md).
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
     "INCEPT_WORKDIR",
 )
 
@@ -91,6 +90,9 @@ _SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
 
 # Ray's job server keys jobs by submission_id in a URL path: keep IDs URL- and shell-safe.
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# scheme://user:password@host or scheme://token@host inside any argument.
+_CREDENTIALS_IN_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#@]+@")
 
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
@@ -181,6 +183,13 @@ def build_entrypoint(argv: Sequence[str]) -> str:
     """
     if not argv:
         raise UserError("nothing to submit: give a verb after `--`, e.g. `incept submit -- train ...`")
+    for arg in argv:
+        # Ray keeps the entrypoint with the job and shows it to anyone who can list jobs.
+        if _CREDENTIALS_IN_URI.search(arg):
+            raise UserError(
+                "an argument holds a URI with user:password: Ray would store and show it with the job; "
+                "remove the credentials and give them to the cluster's nodes (docs/operations.md)"
+            )
     return shlex.join(["python", "-m", "infra.cli", *argv])
 
 
@@ -196,6 +205,10 @@ def build_runtime_env(
         )
     env_vars = {name: env[name] for name in FORWARDED_ENV if env.get(name)}
     uri = env_vars.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        from infra.tracking import strip_userinfo
+
+        env_vars["MLFLOW_TRACKING_URI"] = strip_userinfo(uri)
     if uri.startswith(("sqlite:", "file:", "/", ".")):
         log.warning(
             "MLFLOW_TRACKING_URI=%s is a local store: the job will write to that path on the "
@@ -227,9 +240,14 @@ def new_submission_id(verb: str, *, now: dt.datetime | None = None) -> str:
 
 
 def redact(env_vars: Mapping[str, str] | None) -> dict[str, str]:
-    """env_vars with the values of secrets replaced, for printing."""
+    """env_vars with the values of secrets replaced and URIs without user:password, for printing.
+
+    Jobs submitted by other tools (or an older incept) may carry secrets in their runtime_env.
+    """
+    from infra.tracking import redact as redact_uri
+
     return {
-        name: ("***" if any(m in name.upper() for m in _SECRET_MARKERS) else value)
+        name: ("***" if any(m in name.upper() for m in _SECRET_MARKERS) else redact_uri(str(value)))
         for name, value in (env_vars or {}).items()
     }
 

@@ -24,9 +24,11 @@ token authentication (Ray >= 2.52):
 
 what travels with the job:
   working_dir = this source tree without .venv, work/, .git, data/, caches, *.tar, mlruns,
-  mlflow.db; env_vars = MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME,
-  MLFLOW_TRACKING_PASSWORD, INCEPT_WORKDIR where set (Ray stores a job's env_vars with the
-  job: on a shared cluster prefer setting MLFLOW_TRACKING_PASSWORD on the nodes).
+  mlflow.db; env_vars = MLFLOW_TRACKING_URI (without any user:password) and INCEPT_WORKDIR
+  where set. Ray stores a job's env_vars and command line with the job and shows them to
+  anyone who can list jobs, so no credential travels: the cluster's nodes hold their own
+  MLflow and object-store credentials (docs/operations.md), and a command line with a
+  user:password URI in it is refused.
 
 examples:
   incept submit --wait -- train --config configs/imagenet.yaml

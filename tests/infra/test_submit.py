@@ -1,8 +1,8 @@
 """`incept submit` and `incept jobs` against a real `ray start --head` with token auth on.
 
-The head is private to this module: its own ports (every port Ray opens), its own temp dir,
-its own process group, which the fixture kills at the end. Never `ray stop`: it would end the
-Ray instances other test sessions on this machine are using.
+The head is the test session's cluster head (tests/servers.py): its own ports (every port Ray
+opens), its own temp dir, its own process group, which the fixture kills at the end. Never
+`ray stop`: it would end the Ray instances other test sessions on this machine are using.
 
 Token authentication, as Ray 2.60 turns it on here: `ray start --head` with RAY_AUTH_MODE unset
 requires a token as soon as one exists, and any local `ray.init()` on this machine writes
@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -93,17 +89,19 @@ def test_entrypoint_quotes_arguments():
 def test_runtime_env_ships_the_tree_without_heavy_or_private_paths():
     env = jobs.build_runtime_env(
         environ={
-            "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+            "MLFLOW_TRACKING_URI": "http://incept:uri-pw@mlflow:5000",
+            "MLFLOW_TRACKING_USERNAME": "incept",
             "MLFLOW_TRACKING_PASSWORD": "pw",
+            "AWS_SECRET_ACCESS_KEY": "aws-secret",
             "INCEPT_WORKDIR": "/shared/work",
             "RAY_AUTH_TOKEN": "never-shipped",
             "HOME": "/root",
         }
     )
     assert env["working_dir"] == str(REPO)
+    # No credential travels: Ray stores the runtime_env with the job and shows it to every lister.
     assert env["env_vars"] == {
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-        "MLFLOW_TRACKING_PASSWORD": "pw",
         "INCEPT_WORKDIR": "/shared/work",
     }
     # Match the patterns the way Ray does (its bundled pathspec, gitwildmatch): a private helper,
@@ -128,10 +126,19 @@ def test_submission_id_validation(bad):
 
 @pytest.mark.unit
 def test_redact_hides_secrets():
-    assert jobs.redact({"MLFLOW_TRACKING_PASSWORD": "pw", "MLFLOW_TRACKING_URI": "u"}) == {
+    assert jobs.redact({"MLFLOW_TRACKING_PASSWORD": "pw", "MLFLOW_TRACKING_URI": "http://u:uri-pw@host:5000/x", "A": "b"}) == {
         "MLFLOW_TRACKING_PASSWORD": "***",
-        "MLFLOW_TRACKING_URI": "u",
+        "MLFLOW_TRACKING_URI": "http://***@host:5000/x",
+        "A": "b",
     }
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("arg", ["data.train=s3://AKIA:s3cret@bucket/train", "http://u:pw@mlflow:5000", "--src=gs://tok@b/x"])
+def test_entrypoint_with_credentials_is_refused(arg):
+    with pytest.raises(UserError, match="user:password") as err:
+        jobs.build_entrypoint(["train", arg])
+    assert "s3cret" not in str(err.value) and "pw@" not in str(err.value)
 
 
 # --- e2e: a real head ----------------------------------------------------------------------
@@ -141,25 +148,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _free_range(size: int) -> tuple[int, int]:
-    """A run of `size` ports that are free now (workers bind inside it)."""
-    for _ in range(200):
-        base = random.randrange(20000, 30000 - size)
-        try:
-            socks = []
-            for port in range(base, base + size):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("", port))
-            return base, base + size - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -205,83 +193,14 @@ class Head:
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("head")
-    # Ray puts unix sockets under --temp-dir: keep it short (the socket path limit is 107).
-    ray_tmp = Path(tempfile.mkdtemp(prefix="incept-ray-", dir="/tmp"))
-    token = uuid.uuid4().hex
-    dash = _free_port()
-    wmin, wmax = _free_range(100)
-    cmd = [
-        str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-        "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--port={_free_port()}", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
-        f"--node-manager-port={_free_port()}",
-        f"--object-manager-port={_free_port()}",
-        f"--min-worker-port={wmin}", f"--max-worker-port={wmax}",
-        f"--temp-dir={ray_tmp}",
-    ]  # fmt: skip
-    log = tmp / "head.log"
-    home = tmp / "head-home"
-    (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text(token)
-    head_env = _clean_env(HOME=str(home))  # no RAY_AUTH_MODE: Ray decides from the token file
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        _wait_for_job_api(url, token, proc, log)
-        # Evidence that the plain `ray start --head` turned token mode on by itself.
-        import requests
-
-        assert requests.get(f"{url}/api/jobs/", timeout=5).status_code == 401
-        yield Head(url, token, home, tmp, log)
-    finally:
-        _kill_group(proc)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def _wait_for_job_api(url: str, token: str, proc: subprocess.Popen, log: Path) -> None:
+def head(ray_cluster, tmp_path_factory):
+    """The session's `ray start --head` (tests/servers.py): started the plain way, with a HOME of
+    its own holding a token file, so it must be in token mode without RAY_AUTH_MODE."""
     import requests
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            r = requests.get(
-                f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=2
-            )
-            if r.status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"job API at {url} did not come up in 60 s:\n{log.read_text()[-3000:]}")
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End the head and everything it started (its process group); never `ray stop`."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        return
-    # `ray start --block` can take longer than 5 s to wind down: finish the group off.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
+    # Evidence that the plain `ray start --head` turned token mode on by itself.
+    assert requests.get(f"{ray_cluster.dashboard}/api/jobs/", timeout=5).status_code == 401
+    return Head(ray_cluster.dashboard, ray_cluster.token, ray_cluster.home, tmp_path_factory.mktemp("head"), ray_cluster.log)
 
 
 def _assert_ok(proc, head: Head):
