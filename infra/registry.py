@@ -62,6 +62,7 @@ LOCK_SUFFIX = ".promotion-lock"  # registered-model name used as the server-side
 LOCK_TIMEOUT_S = 60.0
 LOCK_LEASE_S = 600.0  # a server-side lock older than this is taken to be from a dead holder
 MODEL_ARTIFACT = "model"
+ALLOW_PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 _REF = re.compile(r"^(?:models:/)?(?P<name>[^@]+?)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")
 _MODEL_ID = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)/?$")
@@ -797,26 +798,49 @@ def rollback(name: str, *, reason: str = "rollback") -> dict[str, Any]:
 # Use
 
 
+@contextmanager
+def _pickle_refused() -> Iterator[None]:
+    """MLflow's own guard, on for the block: a pickled model is refused, and a pt2 archive is first
+    checked to hold only what torch's weights_only unpickler admits (mlflow.pytorch._load_model).
+    MLflow allows pickle by default; a registry is written by many hands, so loading must not run
+    code that whoever registered a version chose."""
+    before = os.environ.get(ALLOW_PICKLE_ENV)
+    os.environ[ALLOW_PICKLE_ENV] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ALLOW_PICKLE_ENV, None)
+        else:
+            os.environ[ALLOW_PICKLE_ENV] = before
+
+
 def load(ref: str):
-    """(module, metadata) for `ref`: the serving module as MLflow loads it, and its data config."""
+    """(module, metadata) for `ref`: the serving module as MLflow loads it, and its data config.
+
+    Never unpickles: only a pickle-free torch.export (pt2) archive loads; anything else is a
+    UserError naming the version.
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     client = _client()
     resolved = _resolve(client, ref)
     with tempfile.TemporaryDirectory(prefix="incept-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=resolved.uri, dst_path=tmp)
-        module = mlflow.pytorch.load_model(local)
+        try:
+            with _pickle_refused():
+                module = mlflow.pytorch.load_model(local)
+        except MlflowException as err:
+            if "pickle" not in str(err).lower():
+                raise
+            raise UserError(
+                f"refusing to load {resolved.name}/{resolved.version}: it is not a pickle-free torch.export (pt2) model, "
+                "and loading it would unpickle code; register it again with incept train"
+            ) from None
         metadata = Model.load(local).metadata or {}
-    if not _is_exported(module):
-        module.eval()  # a pickled nn.Module; exported graphs were exported in eval mode
-    return module, metadata
-
-
-def _is_exported(module) -> bool:
-    import torch
-
-    return isinstance(module, torch.fx.GraphModule)
+    return module, metadata  # exported in eval mode (register)
 
 
 def _resolution(meta: dict) -> int:

@@ -297,6 +297,35 @@ def test_load_model_by_alias_matches_registry_predict(mlflow_server, use_server,
         registry.predict(f"{name}@champion", [str(tmp_path / "missing.jpg")])
 
 
+@pytest.mark.e2e
+def test_a_pickled_model_version_is_never_unpickled(mlflow_server, use_server, new_run, tiny_model, tmp_path):
+    """Whoever can register a version must not be able to make `load` or `predict` run their code."""
+    import mlflow
+
+    use_server(mlflow_server)
+    run_id = new_run()
+    module, metadata, _ = tiny_model()
+    marker = tmp_path / "unpickled"
+
+    class Tripwire(type(module)):
+        def __setstate__(self, state):  # runs when pickle rebuilds the module
+            marker.write_text("code ran on load")
+            super().__setstate__(state)
+
+    module.__class__ = Tripwire
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(module, name="model", serialization_format="pickle", metadata=metadata,
+                                        pip_requirements=["torch"])  # no requirement inference: it loads the model
+    marker.unlink(missing_ok=True)
+    client = mlflow.MlflowClient()
+    name = _name("incept-pickled")
+    client.create_registered_model(name)
+    client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+    with pytest.raises(UserError, match=rf"refusing to load {name}/1: it is not a pickle-free torch.export \(pt2\) model"):
+        registry.load(f"{name}/1")
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Through the CLI: failure lines, basic auth, the embedded default
 
