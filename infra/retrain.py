@@ -45,7 +45,9 @@ from typing import Any
 
 from infra import registry, tracking
 from infra.config import Config
+from pipelines import storage
 from pipelines.errors import UserError
+from trainers.checkpoint import STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +158,14 @@ def check_policy(config: Config) -> None:
         raise UserError("retrain compares registered versions: registry.register must stay true")
 
 
-def shard_source(src: str, workdir: Path) -> dict[str, Any]:
-    """Shard train and val of `src` into `<workdir>/shards/<split>`; only missing or changed shards are written."""
+def shard_source(src: str, shards: str, options=None) -> dict[str, Any]:
+    """Shard train and val of `src` into `<shards>/<split>`; only missing or changed shards are written."""
     from infra.ray_runtime import init_ray
     from pipelines.shard import ShardOptions, plan_job, run_job
 
-    jobs = {split: plan_job(src, split, str(workdir / "shards" / split), ShardOptions()) for split in ("train", "val")}  # input errors before Ray
+    root = storage.locate(shards)
+    options = options or ShardOptions()
+    jobs = {split: plan_job(src, split, storage.uri_of(root, split), options) for split in ("train", "val")}  # input errors before Ray
     out: dict[str, Any] = {}
     for split, job in jobs.items():
         if job.todo:
@@ -202,7 +206,8 @@ def _warm_start(client, config: Config, champion: dict | None, classes: list[str
     path = champion["tags"].get("checkpoint")
     if not path:
         raise UserError(f"retrain.warm_start: champion version {v} has no checkpoint tag; set retrain.warm_start=false")
-    if "://" not in path and not os.path.isdir(path):
+    storage.check_no_credentials(path, f"retrain.warm_start: champion version {v}'s checkpoint tag")
+    if not storage.exists(storage.locate(path), STATE_FILE):
         raise UserError(f"retrain.warm_start: champion version {v}'s checkpoint {path} is gone; set retrain.warm_start=false")
     if champion["classes"] != classes:
         raise UserError(f"retrain.warm_start: champion version {v} knows other classes than this data; set retrain.warm_start=false")
@@ -250,18 +255,27 @@ def _record(client, outcome: dict, cycle_run_id: str, training_run_id: str | Non
 # The cycle
 
 
-def retrain(src: str, config: Config, *, config_path: str | None = None, workdir: str | Path | None = None, force: bool = False) -> dict[str, Any]:
-    """One cycle; returns the decision (see the module docstring). Raises UserError for what a user can fix."""
+def retrain(src: str, config: Config, *, config_path: str | None = None, workdir: str | Path | None = None,
+            shards: str | None = None, shard_size: int | None = None, force: bool = False) -> dict[str, Any]:
+    """One cycle; returns the decision (see the module docstring). Raises UserError for what a user can fix.
+
+    `shards`: where the cycle's train/ and val/ shards go (default `<workdir>/shards`); on a cluster
+    of several nodes, object storage (or a shared file system) that every node reads.
+    `shard_size`: samples per shard (default ShardOptions's 1,000).
+    """
     check_policy(config)
     workdir = Path(workdir).expanduser().resolve() if workdir else default_workdir()
+    shards = shards or str(workdir / "shards")
+    storage.check_no_credentials(shards, "--shards")
     with cycle_lock(workdir):
         import mlflow
 
         tracking.connect()
         client = mlflow.MlflowClient()
-        cycle_run_id = _start_cycle_run(client, config, {"retrain.src": os.path.abspath(src), "retrain.workdir": str(workdir), "retrain.force": str(force)})
+        cycle_run_id = _start_cycle_run(client, config, {"retrain.src": os.path.abspath(src), "retrain.workdir": str(workdir),
+                                                          "retrain.shards": shards, "retrain.force": str(force)})
         try:
-            outcome = _cycle(client, src, config, config_path=config_path, workdir=workdir, force=force, cycle_run_id=cycle_run_id)
+            outcome = _cycle(client, src, config, config_path=config_path, shards=shards, shard_size=shard_size, force=force, cycle_run_id=cycle_run_id)
         except BaseException as err:
             with contextlib.suppress(Exception):
                 client.set_tag(cycle_run_id, "retrain.error", (str(err).splitlines() or [type(err).__name__])[0][:5000])
@@ -271,9 +285,12 @@ def retrain(src: str, config: Config, *, config_path: str | None = None, workdir
     return outcome
 
 
-def _cycle(client, src: str, config: Config, *, config_path: str | None, workdir: Path, force: bool, cycle_run_id: str) -> dict[str, Any]:
+def _cycle(client, src: str, config: Config, *, config_path: str | None, shards: str, shard_size: int | None, force: bool,
+           cycle_run_id: str) -> dict[str, Any]:
+    from pipelines.shard import ShardOptions
+
     name, metric, margin = config.registry.model_name, config.retrain.metric, config.retrain.margin
-    shards = shard_source(src, workdir)
+    shards = shard_source(src, shards, ShardOptions(shard_size=shard_size) if shard_size else None)
     fingerprint, val_uri = shards["train"]["fingerprint"], shards["val"]["uri"]
     champion = _champion(client, name)
     outcome: dict[str, Any] = {

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from infra import config as config_module
 from infra.output import emit
+from pipelines.errors import UserError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "retrain",
         help="one retraining cycle: shard, train a challenger, promote it only if it beats the champion",
-        description="Shard --src into WORKDIR/shards (resumable); stop with 'no new data' if the champion was "
+        description="Shard --src into --shards or WORKDIR/shards (resumable); stop with 'no new data' if the champion was "
         "trained on the same data; else train with the config (data.train/data.val set to those shards), "
         "evaluate the champion on the same validation shards with eval.crops, and promote the challenger "
         "only if retrain.metric beats the champion's by more than retrain.margin. One cycle per work "
@@ -18,7 +19,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--src", required=True, help="data set root in ILSVRC-2012 layout (ROOT/train/<wnid>/..., ROOT/val/...)")
     p.add_argument("--config", required=True, help="YAML training config (configs/imagenet.yaml, configs/demo.yaml)")
-    p.add_argument("--workdir", help="shards and the cycle lock (default: $INCEPT_WORKDIR/retrain)")
+    p.add_argument("--workdir", help="the cycle lock, and the shards unless --shards (default: $INCEPT_WORKDIR/retrain)")
+    p.add_argument("--shards", metavar="URI", help="where the cycle writes its train/ and val/ shards: a local folder or "
+                   "s3://... that every node of a cluster reads (default: WORKDIR/shards)")
+    p.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
     p.add_argument("--force", action="store_true", help="train and compare even if the champion was trained on the same data")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (train.epochs=3 retrain.margin=0.005)")
     p.add_argument("--json", action="store_true", help="print the decision as one JSON object")
@@ -36,7 +40,9 @@ def _human(o: dict) -> str:
 def run(args) -> int:
     from infra.retrain import retrain
 
+    if args.shard_size is not None and args.shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1, got {args.shard_size}")
     config = config_module.load(args.config, args.overrides)
-    outcome = retrain(args.src, config, config_path=args.config, workdir=args.workdir, force=args.force)
+    outcome = retrain(args.src, config, config_path=args.config, workdir=args.workdir, shards=args.shards, shard_size=args.shard_size, force=args.force)
     emit(outcome, as_json=args.json, human=_human(outcome))
     return 0
