@@ -454,7 +454,7 @@ def _job_dict(info) -> dict[str, Any]:
         "job_id": getattr(info, "job_id", None),
         "status": str(info.status),
         "message": info.message,
-        "entrypoint": info.entrypoint,
+        "entrypoint": _CREDENTIALS_IN_URI.sub(lambda m: m.group(0).split("://")[0] + "://***@", info.entrypoint or ""),
         "start_time": when(info.start_time),
         "end_time": when(info.end_time),
         "driver_exit_code": getattr(info, "driver_exit_code", None),

@@ -114,7 +114,7 @@ def test_s3_two_node_cluster_postgres_registry_end_to_end(tmp_path, mlflow_stack
     # 2. Training as a Ray job, SPREAD over both nodes, checkpoints in S3.
     data_overrides = [f"data.train={s3.uri(f'{prefix}/shards/train')}", f"data.val={s3.uri(f'{prefix}/shards/val')}"]
     overrides = [*data_overrides, f"train.storage_path={s3.uri(f'{prefix}/runs')}", "train.placement_strategy=SPREAD",
-                 "train.num_workers=2", "train.batch_size=8", "train.max_failures=2"]
+                 "train.num_workers=2", "train.batch_size=8", "train.max_failures=3"]
     # A folder only this node sees cannot hold a two-node run's checkpoints: refused before anything starts.
     refused = cli.run("train", "--config", "configs/demo.yaml", *data_overrides, f"train.storage_path={tmp_path / 'runs'}",
                       env=driver, check=False)
@@ -152,9 +152,11 @@ def test_s3_two_node_cluster_postgres_registry_end_to_end(tmp_path, mlflow_stack
     cli.outputs += [stdout, "".join(lines)]
     assert submit.returncode == 0, "".join(lines[-150:])
     assert json.loads(stdout)["status"] == "SUCCEEDED"
+    # Ray may need more than one try while the lost node is still being declared dead; the group
+    # that finished is the last one.
     groups = worker_groups(lines)
-    assert len(groups) == 2, groups
-    survivor = set(groups[1])
+    assert len(groups) >= 2, groups
+    survivor = set(groups[-1])
     assert len(survivor) == 1 and survivor < set(before[0]), groups  # both ranks on the node that survived
     assert any("resumed from a checkpoint at epoch" in line for line in lines)
     outcome = next(json.loads(line[line.index("{"):]) for line in reversed(lines) if '"train_metrics"' in line)

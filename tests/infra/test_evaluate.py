@@ -124,3 +124,25 @@ def test_mistakes_are_one_line(val_shards, checkpoint_folder, cli, cli_env):
     ]:
         proc = cli("evaluate", str(checkpoint_folder), "--shards", str(val_shards), *args, env=cli_env, check=False, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_run_folder_in_s3_resolves_to_its_newest_checkpoint(checkpoint_folder, s3_env, monkeypatch):
+    """`incept evaluate s3://.../RUN` takes the run's newest checkpoint, as a URI an actor on any node opens."""
+    import uuid
+
+    from infra.evaluation import checkpoint_folder as resolve
+    from pipelines import storage
+    from trainers.evaluate import CheckpointModel
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)  # named by the driver only
+    run = storage.locate(f"s3://{s3_env.bucket}/evaluate-tests/{uuid.uuid4().hex[:8]}/run")
+    state = (checkpoint_folder / "state.pt").read_bytes()
+    for name in ("checkpoint_2026-01-01_00-00-00.000001", "checkpoint_2026-01-01_00-00-09.000001"):
+        storage.write_bytes(run.child(name), "state.pt", state)
+    storage.write_bytes(run, "checkpoint_manager_snapshot.json", b"{}")
+    newest = resolve(f"s3://{s3_env.bucket}/{run.path.split('/', 1)[1]}")
+    assert newest == storage.uri_of(run, "checkpoint_2026-01-01_00-00-09.000001")
+    assert f"endpoint_override={s3_env.hostport}" in newest
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    module, config = CheckpointModel(newest).load()
+    assert config["classes"] == ["n00000000", "n00000001", "n00000002"]

@@ -134,6 +134,20 @@ def test_redact_hides_secrets():
 
 
 @pytest.mark.unit
+def test_job_details_hide_credentials_other_tools_put_there():
+    from types import SimpleNamespace
+
+    info = SimpleNamespace(
+        submission_id="j1", job_id="01", status="RUNNING", message="", start_time=None, end_time=None, metadata={},
+        entrypoint="python -m infra.cli train data.train=s3://AKIA:s3cret@bucket/t",
+        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": "http://u:uri-pw@h:5000", "AWS_SECRET_ACCESS_KEY": "aws-pw"}},
+    )
+    shown = json.dumps(jobs._job_dict(info))
+    assert "s3cret" not in shown and "uri-pw" not in shown and "aws-pw" not in shown
+    assert "s3://***@bucket/t" in shown and "http://***@h:5000" in shown
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("arg", ["data.train=s3://AKIA:s3cret@bucket/train", "http://u:pw@mlflow:5000", "--src=gs://tok@b/x"])
 def test_entrypoint_with_credentials_is_refused(arg):
     with pytest.raises(UserError, match="user:password") as err:
