@@ -7,11 +7,19 @@
     num_samples     samples over all shards
     fingerprint     sha256 over the class list and the shards' sha256s: equal fingerprints, equal data
     shards          [{name, num_samples, bytes, sha256}] in index order
-    skipped         [{source, reason}] for files that could not go into a shard
+    skipped         [{source, reason}] for files that could not go into a shard or were excluded
+    options         the sharding options (shard_size, max_side, quality, seed, prefix, exclude_sha256):
+                    an append must use the same
+    samples         {name, sha256, count} of samples.jsonl.gz: per sample {key, source, shard, bytes,
+                    sha256}, the source image's size and hash, in shard order
+
+The per-sample records are a file of their own, not a list in the manifest: for ImageNet they are
+about 190 MB of JSON, which every training worker would otherwise parse to find 1,282 shard names.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 
@@ -20,6 +28,7 @@ from pipelines.errors import UserError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SAMPLES = "samples.jsonl.gz"
 
 
 def fingerprint(classes: list[str], shard_sha256s: list[str]) -> str:
@@ -27,9 +36,10 @@ def fingerprint(classes: list[str], shard_sha256s: list[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def build(*, split: str, classes: list[str], words: dict[str, str], shards: list[dict], skipped: list[dict]) -> dict:
+def build(*, split: str, classes: list[str], words: dict[str, str], shards: list[dict], skipped: list[dict],
+          options: dict | None = None, samples: dict | None = None) -> dict:
     shards = sorted(shards, key=lambda s: s["name"])
-    return {
+    built = {
         "format_version": FORMAT_VERSION,
         "split": split,
         "classes": list(classes),
@@ -39,6 +49,32 @@ def build(*, split: str, classes: list[str], words: dict[str, str], shards: list
         "shards": [{k: s[k] for k in ("name", "num_samples", "bytes", "sha256")} for s in shards],
         "skipped": sorted(skipped, key=lambda s: s["source"]),
     }
+    if options is not None:
+        built["options"] = dict(options)
+    if samples is not None:
+        built["samples"] = dict(samples)
+    return built
+
+
+def write_samples(location: storage.Location, samples: list[dict]) -> dict:
+    """Write the per-sample records; returns the manifest's `samples` entry. Same records, same bytes."""
+    lines = "".join(json.dumps(s, sort_keys=True, separators=(",", ":")) + "\n" for s in samples)
+    data = gzip.compress(lines.encode(), mtime=0)  # mtime 0: the bytes depend on the records alone
+    storage.write_bytes(location, SAMPLES, data)
+    return {"name": SAMPLES, "sha256": hashlib.sha256(data).hexdigest(), "count": len(samples)}
+
+
+def read_samples(location: storage.Location, manifest: dict) -> list[dict]:
+    """The per-sample records the manifest names, checked against its sha256."""
+    entry = manifest["samples"]
+    where = storage.uri_of(location, entry["name"])
+    try:
+        data = storage.read_bytes(location, entry["name"])
+    except FileNotFoundError:
+        raise UserError(f"{where} is missing: reshard the split") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise UserError(f"{where} does not match its manifest's sha256: reshard the split")
+    return [json.loads(line) for line in gzip.decompress(data).splitlines() if line]
 
 
 def write(location: storage.Location, manifest: dict) -> None:

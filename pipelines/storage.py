@@ -203,7 +203,9 @@ def make_dirs(location: Location, sub: str = "") -> None:
 
 
 def read_bytes(location: Location, name: str) -> bytes:
-    with _errors(location), location.fs.open_input_stream(location.join(name)) as f:
+    # compression=None: pyarrow would otherwise decompress a name ending in .gz, and the bytes
+    # must be the stored ones (their sha256 is recorded).
+    with _errors(location), location.fs.open_input_stream(location.join(name), compression=None) as f:
         return f.read()
 
 
@@ -215,7 +217,7 @@ def atomic_output(location: Location, name: str):
     temp = f"{folder}/{TEMP_MARK}{uuid.uuid4().hex}-{base}"
     if not location.is_local:
         with _errors(location):
-            stream = location.fs.open_output_stream(temp)
+            stream = location.fs.open_output_stream(temp, compression=None)  # the bytes as given, whatever the name
         try:
             try:
                 yield stream

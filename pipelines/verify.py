@@ -1,4 +1,4 @@
-"""`incept verify-shards`: every shard against the manifest (sha256, size, sample count)."""
+"""`incept verify-shards`: every shard against the manifest (sha256, size, sample count), and the samples file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import tarfile
 from dataclasses import dataclass, field
 
 from pipelines import manifest, storage
+from pipelines.errors import UserError
 
 
 @dataclass
@@ -67,6 +68,11 @@ def verify(uri: str) -> Verification:
             result.problems.append(f"{name}: {size} bytes, the manifest says {shard['bytes']}")
         if samples != shard["num_samples"]:
             result.problems.append(f"{name}: {samples} samples, the manifest says {shard['num_samples']}")
+    if "samples" in data:  # the per-sample records an append compares against
+        try:
+            manifest.read_samples(location, data)
+        except UserError as err:
+            result.problems.append(str(err))
     expected = manifest.fingerprint(data["classes"], [s["sha256"] for s in data["shards"]])
     if expected != data["fingerprint"]:
         result.problems.append("manifest.json: fingerprint does not match its classes and shard hashes")

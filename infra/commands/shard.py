@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         description="Write {prefix}-{split}-{index:06d}.tar shards and manifest.json. Rerunning the same "
         "command after an interruption writes only the missing or damaged shards.",
     )
-    p.add_argument("--src", required=True, help="data set root in ILSVRC-2012 layout (ROOT/train/<wnid>/...)")
+    p.add_argument("--src", required=True, help="data set root: extracted in ILSVRC-2012 layout (ROOT/train/<wnid>/...), "
+                   "or holding ImageNet's archives as shipped (ILSVRC2012_img_train.tar, _img_val.tar, devkit_t12.tar.gz), read in place")
     p.add_argument("--split", required=True, choices=("train", "val"))
     p.add_argument("--out", required=True, help="output folder: a local path, s3://... or gs://...")
     p.add_argument("--shard-size", type=int, default=defaults.shard_size, help=f"samples per shard (default {defaults.shard_size})")
@@ -26,6 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--quality", type=int, default=defaults.quality, help=f"JPEG quality for converted images (default {defaults.quality})")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the shuffle assigning samples to shards")
     p.add_argument("--prefix", default=defaults.prefix, help=f"shard name prefix (default {defaults.prefix})")
+    p.add_argument("--exclude", metavar="FILE", help="leave out the images FILE lists: 1-based validation image numbers, one per "
+                   "line (the ILSVRC2014 blacklist's form), or file names; listed in the manifest as skipped, reason excluded")
+    p.add_argument("--append", action="store_true", help="shard only images an earlier run into --out has not, into new shards; "
+                   "existing shards stay byte-identical (refused if sharded images changed or vanished, classes or options differ)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs to use (default: all of the local machine or cluster)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
@@ -38,9 +43,11 @@ def run(args) -> int:
         raise UserError(f"--max-side must be a positive number of pixels, got {args.max_side}")
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be 1 to 100, got {args.quality}")
-    options = ShardOptions(shard_size=args.shard_size, max_side=args.max_side, quality=args.quality, seed=args.seed, prefix=args.prefix)
+    options = ShardOptions(shard_size=args.shard_size, max_side=args.max_side, quality=args.quality, seed=args.seed, prefix=args.prefix,
+                           exclude=args.exclude, append=args.append)
     job = plan_job(args.src, args.split, args.out, options)  # input errors surface before Ray starts
-    init_ray(num_cpus=args.num_cpus)
+    if job.todo:
+        init_ray(num_cpus=args.num_cpus)  # an append with nothing new, or a finished run, needs no Ray
     result = run_job(job, concurrency=args.num_cpus)
     emit(asdict(result), as_json=args.json, human=result.summary())
     return 0

@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 
 from pipelines.imagenet import Sample
-from pipelines.shard_plan import plan_shards, sample_keys, shard_name
+from pipelines.shard_plan import appended_keys, plan_append, plan_shards, sample_keys, shard_name
 
 pytestmark = pytest.mark.unit
 
@@ -53,3 +53,30 @@ def test_digest_changes_with_entries_and_options():
 
 def test_shard_name():
     assert shard_name("imagenet", "val", 12) == "imagenet-val-000012.tar"
+
+
+def test_digest_does_not_depend_on_where_the_bytes_are():
+    """A sample read from an archive and the same sample read from the extracted tree plan the same shard."""
+    tree = plan_shards(samples(10), shard_size=10, seed=0, prefix="p", split="train")[0]
+    in_archive = [Sample(s.source, s.wnid, s.label, ("ILSVRC2012_img_train.tar", 512 * i, 100)) for i, s in enumerate(samples(10))]
+    archived = plan_shards(in_archive, shard_size=10, seed=0, prefix="p", split="train")[0]
+    assert archived.entries[0].member is not None
+    assert archived.digest({"q": 95}) == tree.digest({"q": 95})
+
+
+def test_appended_keys_never_take_an_old_key():
+    taken = {"a", "a-1", "b"}
+    keys = appended_keys(["train/n1/a.JPEG", "train/n2/a.JPEG", "train/n1/b.JPEG", "train/n1/c.JPEG"], taken)
+    assert keys == ["a-2", "a-3", "b-1", "c"]
+
+
+def test_an_append_numbers_its_shards_after_the_existing_ones():
+    first = plan_shards(samples(10), shard_size=4, seed=0, prefix="p", split="train")
+    new = [Sample(f"train/n1/new_{i}.JPEG", "n1", 1) for i in range(6)]
+    taken = {e.key for p in first for e in p.entries}
+    appended = plan_append(new, taken_keys=taken, first_index=len(first), shard_size=4, seed=0, prefix="p", split="train")
+    assert [p.name for p in appended] == ["p-train-000003.tar", "p-train-000004.tar"]
+    assert [len(p.entries) for p in appended] == [4, 2]  # the earlier run's partial last shard is not refilled
+    assert sorted(e.source for p in appended for e in p.entries) == sorted(s.source for s in new)
+    # An interrupted append plans the same shards again.
+    assert appended == plan_append(new[::-1], taken_keys=taken, first_index=3, shard_size=4, seed=0, prefix="p", split="train")
