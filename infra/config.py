@@ -161,12 +161,18 @@ def validate(config: Config) -> None:
         (config.train.epochs >= 0, "train.epochs must be at least 0"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.num_workers >= 1, "train.num_workers must be at least 1"),
-        (config.optim.lr >= 0, "optim.lr must be at least 0 (0: the paper's rate scaled to the batch)"),
+        (config.optim.lr >= 0, "optim.lr must be at least 0 (0: optim.base_lr per optim.base_batch images, scaled to the global batch)"),
+        (config.optim.base_lr > 0, "optim.base_lr must be positive (the rate at optim.base_batch images)"),
+        (config.optim.base_batch > 0, "optim.base_batch must be positive (the batch optim.base_lr is stated at)"),
+        (0 <= config.optim.lr_floor < 1, "optim.lr_floor must be in [0, 1) (a fraction of the base rate; 0: no floor)"),
+        (config.optim.ema_reference_batch >= 0,
+         "optim.ema_reference_batch must be at least 0 (the global batch optim.ema_decay is stated at; 0: per step)"),
         (all(str(c) in ("1", "10", "12", "144") for c in config.eval.crops), "eval.crops must be a list of 1, 10, 12, 144"),
         (0 <= config.optim.ema_decay < 1, "optim.ema_decay must be in [0, 1)"),
         (config.train.placement_strategy in PLACEMENT_STRATEGIES,
          f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)} (Ray placement groups)"),
         (config.eval.concurrency >= 0, "eval.concurrency must be at least 0 (0: one evaluation actor per CPU or GPU)"),
+        (config.eval.max_crops_per_forward >= 0, "eval.max_crops_per_forward must be at least 0 (0: the device's default)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,7 +1,8 @@
 """`incept evaluate`: multi-crop evaluation of a checkpoint or a registered version.
 
 MODEL is a checkpoint folder (a path that exists) or a registry reference (`inception-v3@champion`,
-`inception-v3/3`); with a reference the metrics are written to that model version.
+`inception-v3/3`); with a reference the metrics become that model version's, tagged with the
+validation set they came from (`val_set`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from infra import registry, tracking
 from infra.ray_runtime import init_ray
-from pipelines import storage
+from pipelines import manifest, storage
 from pipelines.errors import UserError
 from trainers.checkpoint import STATE_FILE
 from trainers.evaluate import CheckpointModel, evaluate_shards
@@ -53,12 +54,21 @@ def checkpoint_folder(path: str) -> str:
     return location.child(sorted(found)[-1]).uri
 
 
-def evaluate_model(model: str, shards: str, crops: list, *, batch_size: int = 16, concurrency: int = 0, use_gpu: bool = False) -> dict:
-    """Metrics for `model` on `shards`; written to the model version when `model` is a registry reference."""
+def val_set(shards: str) -> dict[str, str]:
+    """The validation set an evaluation runs on, as `registry.register` and `set_version_metrics` take it:
+    its manifest's fingerprint and its URI as any node opens it (an absolute path, or a storage URI
+    with its endpoint; never credentials, which `storage.locate` refuses)."""
+    return {"val_fingerprint": manifest.read(shards)["fingerprint"], "val_shards": storage.uri_of(storage.locate(shards))}
+
+
+def evaluate_model(model: str, shards: str, crops: list, *, batch_size: int = 16, max_crops_per_forward: int = 0, concurrency: int = 0,
+                   use_gpu: bool = False) -> dict:
+    """Metrics for `model` on `shards`; the model version's metrics when `model` is a registry reference."""
     loader, ref = loader_for(model)
     init_ray()
-    metrics = evaluate_shards(loader, shards, crops, batch_size=batch_size, concurrency=concurrency, use_gpu=use_gpu,
-                              env_vars=tracking.worker_env())
+    val = val_set(shards)  # a missing manifest fails here, before any actor starts
+    metrics = evaluate_shards(loader, shards, crops, batch_size=batch_size, max_crops_per_forward=max_crops_per_forward,
+                              concurrency=concurrency, use_gpu=use_gpu, env_vars=tracking.worker_env())
     if ref is not None:
-        registry.set_version_metrics(f"{ref.name}/{ref.version}", metrics)
-    return {"model": model, "version": ref.version if ref else None, "shards": shards, "metrics": metrics}
+        registry.set_version_metrics(f"{ref.name}/{ref.version}", metrics, **val)
+    return {"model": model, "version": ref.version if ref else None, "shards": shards, **val, "metrics": metrics}

@@ -21,8 +21,15 @@ How a version is stored (DESIGN.md, "Registry"):
   proto has a TODO for it), so it is read from the `model_id` tag or the `models:/m-...` source.
   Only a version without a LoggedModel (registered from `runs:/` by hand or on an MLflow 2
   server) gets its metrics as version tags `metric.<name>`.
+- The last evaluation's metrics are the version's. Each evaluation (registration's, `incept
+  evaluate`'s) writes its metrics and tags `val_fingerprint` (the validation shards' manifest
+  fingerprint), `val_shards` (their URI) and `evaluation.metrics` (the metric names it wrote);
+  `show()` keeps only those names, so a 144-crop figure from an older evaluation on another set
+  no longer shows as the version's. A version without `evaluation.metrics` (registered before
+  the tag existed) shows every metric it holds, newest value per name.
 - Tags: `data_fingerprint`, `config_sha256`, `git_commit`, `ray_job_id`, `run_id` (DESIGN.md),
-  plus `model_id`, and the `promotion.*` / `demotion.*` decision tags written by promotions.
+  plus `model_id`, the evaluation's tags above, and the `promotion.*` / `demotion.*` decision
+  tags written by promotions.
 
 Alias moves and what the lock guarantees: see `registry_lock()`.
 """
@@ -58,6 +65,9 @@ PREVIOUS = "previous-champion"
 METRIC_NAMES = tuple(f"top{k}_{n}crop" for n in (1, 10, 12, 144) for k in (1, 5))
 HEADLINE_METRICS = ("top1_1crop", "top5_1crop")
 METRIC_TAG_PREFIX = "metric."  # only for versions without a LoggedModel (see module docstring)
+VAL_FINGERPRINT_TAG = "val_fingerprint"  # the validation shards' manifest fingerprint, of the last evaluation
+VAL_SHARDS_TAG = "val_shards"  # the URI of those shards, without credentials
+EVALUATION_METRICS_TAG = "evaluation.metrics"  # comma-separated names the last evaluation wrote: the version's metrics
 LOCK_SUFFIX = ".promotion-lock"  # registered-model name used as the server-side mutex
 LOCK_TIMEOUT_S = 60.0
 LOCK_LEASE_S = 600.0  # a server-side lock older than this is taken to be from a dead holder
@@ -100,6 +110,8 @@ class VersionInfo:
     status: str
     created: str  # ISO 8601, UTC
     checkpoint: str | None = None  # tag `checkpoint`: the training checkpoint this came from
+    val_fingerprint: str | None = None  # the validation set `metrics` came from (None: not recorded)
+    val_shards: str | None = None  # ... and where its shards were read
     data_config: dict[str, Any] | None = None  # MLmodel metadata, class lists summarised
     created_now: bool = False  # register(): False when an earlier call already made it
 
@@ -240,7 +252,8 @@ def _model_id(mv) -> str | None:
 
 
 def _version_metrics(client, mv) -> dict[str, float]:
-    """Newest value per metric name: LoggedModel metrics over `metric.<name>` version tags."""
+    """Newest value per metric name: LoggedModel metrics over `metric.<name>` version tags; only the
+    last evaluation's names where the version records them (tag `evaluation.metrics`)."""
     from mlflow.exceptions import MlflowException
 
     metrics = {}
@@ -264,6 +277,10 @@ def _version_metrics(client, mv) -> dict[str, float]:
             if metric.key not in newest or order >= newest[metric.key]:
                 newest[metric.key] = order
                 metrics[metric.key] = float(metric.value)
+    names = mv.tags.get(EVALUATION_METRICS_TAG)
+    if names is not None:
+        last = set(names.split(","))
+        metrics = {k: v for k, v in metrics.items() if k in last}
     return metrics
 
 
@@ -304,6 +321,8 @@ def _info(client, ref: VersionRef, *, with_data_config: bool = False) -> Version
         status=mv.status,
         created=_iso(mv.creation_timestamp),
         checkpoint=mv.tags.get("checkpoint"),
+        val_fingerprint=mv.tags.get(VAL_FINGERPRINT_TAG),
+        val_shards=mv.tags.get(VAL_SHARDS_TAG),
         data_config=data_config,
     )
 
@@ -344,6 +363,7 @@ def list_models(*, max_versions: int = 20) -> list[dict[str, Any]]:
                     "version": str(mv.version),
                     "aliases": _aliases_of(rm, mv.version),
                     "metrics": _version_metrics(client, mv),
+                    "val_fingerprint": mv.tags.get(VAL_FINGERPRINT_TAG),
                     "run_id": mv.run_id or None,
                     "created": _iso(mv.creation_timestamp),
                 }
@@ -387,15 +407,46 @@ def _write_metrics(client, mv, metrics: dict[str, float]) -> None:
         client.set_model_version_tag(mv.name, mv.version, f"{METRIC_TAG_PREFIX}{key}", repr(value))
 
 
-def set_version_metrics(ref: str, metrics: dict[str, float]) -> VersionInfo:
-    """Record `metrics` (names from METRIC_NAMES, fractions) on the version `ref` points to.
+def _evaluation_tags(metrics: dict[str, float], val_fingerprint: str | None, val_shards: str | None) -> dict[str, str | None]:
+    from pipelines import storage
 
-    Newer values win over older ones with the same name; `show()` reads them back.
+    return {
+        EVALUATION_METRICS_TAG: ",".join(sorted(metrics)),
+        VAL_SHARDS_TAG: storage.redact(val_shards) if val_shards else None,
+        VAL_FINGERPRINT_TAG: val_fingerprint or None,
+    }
+
+
+def _write_evaluation(client, mv, metrics: dict[str, float], *, val_fingerprint: str | None, val_shards: str | None) -> None:
+    """One evaluation's metrics and the validation set they came from: the version's metrics from now on.
+
+    MLflow writes the metrics and each tag in separate requests, so the order keeps a reader in
+    between (or a version left by a failed write) from naming the wrong set: the old set's tags
+    go first (metrics from no named set), the new names next, the new set's tags last.
+    """
+    if not metrics:
+        return
+    tags = _evaluation_tags(metrics, val_fingerprint, val_shards)
+    for key in (VAL_FINGERPRINT_TAG, VAL_SHARDS_TAG):
+        if key in mv.tags:
+            client.delete_model_version_tag(mv.name, mv.version, key)
+    _write_metrics(client, mv, metrics)
+    for key, value in tags.items():  # names, shards, fingerprint: the fingerprint last
+        if value is not None:
+            client.set_model_version_tag(mv.name, mv.version, key, value)
+
+
+def set_version_metrics(ref: str, metrics: dict[str, float], *, val_fingerprint: str, val_shards: str) -> VersionInfo:
+    """Record one evaluation's `metrics` (names from METRIC_NAMES, fractions) on the version `ref` points to.
+
+    `val_fingerprint` and `val_shards`: the manifest fingerprint and URI of the validation shards
+    evaluated on. These metrics replace the version's: `show()` reads back only them, and the set.
     """
     client = _client()
     resolved = _resolve(client, ref)
     clean = _check_metrics(metrics)
-    _write_metrics(client, client.get_model_version(resolved.name, resolved.version), clean)
+    _write_evaluation(client, client.get_model_version(resolved.name, resolved.version), clean,
+                      val_fingerprint=val_fingerprint, val_shards=val_shards)
     return _info(client, resolved)
 
 
@@ -497,17 +548,21 @@ def register(
     run_id: str,
     model_name: str = MODEL_NAME,
     alias: str | None = CHALLENGER,
+    val_fingerprint: str | None = None,
+    val_shards: str | None = None,
 ) -> VersionInfo:
     """Log the serving `model` into run `run_id`, register it, set `alias`, record metrics and tags.
 
     `model` takes uint8 N x R x R x 3 and returns probabilities N x C; `input_example` is a batch
     of such images (batch 1 is doubled, see `_check_example`). `metadata` is the data config
-    (`classes`, `words`, `resolution`, `crop_fraction`, normalisation). Call from one process
-    only (rank 0 / the driver).
+    (`classes`, `words`, `resolution`, `crop_fraction`, normalisation). `metrics` are one
+    evaluation's, on the validation shards `val_shards` whose manifest fingerprint is
+    `val_fingerprint` (as `set_version_metrics`). Call from one process only (rank 0 / the driver).
 
     Idempotent per `run_id`: if a version of `model_name` already carries tag run_id == run_id,
-    nothing is logged again; missing tags and metrics are completed, the alias is set unless a
-    newer version holds it, and that version is returned (`created_now` False).
+    nothing is logged again; missing tags are completed, `metrics` become the version's unless
+    it already shows exactly them from the same set, the alias is set unless a newer version
+    holds it, and that version is returned (`created_now` False).
     """
     import mlflow
     import torch
@@ -581,11 +636,11 @@ def register(
     for key, value in version_tags.items():
         if mv.tags.get(key) != value:
             client.set_model_version_tag(model_name, mv.version, key, value)
-    if created:
-        _write_metrics(client, mv, clean_metrics)
-    else:
-        have = _version_metrics(client, mv)
-        _write_metrics(client, mv, {k: v for k, v in clean_metrics.items() if have.get(k) != v})
+    # A rerun after a failure finds the same evaluation already written: nothing is logged twice.
+    evaluation = _evaluation_tags(clean_metrics, val_fingerprint, val_shards)
+    same = not created and _version_metrics(client, mv) == clean_metrics and all(mv.tags.get(k) == v for k, v in evaluation.items())
+    if not same:
+        _write_evaluation(client, mv, clean_metrics, val_fingerprint=val_fingerprint, val_shards=val_shards)
     if alias:
         with registry_lock(model_name, client=client):
             holder = client.get_registered_model(model_name).aliases.get(alias)

@@ -159,7 +159,11 @@ def check_policy(config: Config) -> None:
 
 
 def shard_source(src: str, shards: str, options=None) -> dict[str, Any]:
-    """Shard train and val of `src` into `<shards>/<split>`; only missing or changed shards are written."""
+    """Shard train and val of `src` into `<shards>/<split>`; only missing or changed shards are written.
+
+    With `options.append` (the cycle's default) a source that gained images gets new shards for
+    them and every earlier shard stays as it is: a cycle writes what is new, not the whole set.
+    """
     from infra.ray_runtime import init_ray
     from pipelines.shard import ShardOptions, plan_job, run_job
 
@@ -172,7 +176,8 @@ def shard_source(src: str, shards: str, options=None) -> dict[str, Any]:
             init_ray()  # an unchanged source needs no Ray at all: every shard is kept
         result = run_job(job)
         log.info("%s: %s (%d written, %d kept)", split, result.summary(), len(result.written), len(result.kept))
-        out[split] = {"uri": job.out, "fingerprint": result.fingerprint, "num_images": result.num_images, "written": len(result.written)}
+        out[split] = {"uri": job.out, "fingerprint": result.fingerprint, "num_images": result.num_images, "written": len(result.written),
+                      "bytes_written": result.bytes_written}
     return out
 
 
@@ -256,12 +261,14 @@ def _record(client, outcome: dict, cycle_run_id: str, training_run_id: str | Non
 
 
 def retrain(src: str, config: Config, *, config_path: str | None = None, workdir: str | Path | None = None,
-            shards: str | None = None, shard_size: int | None = None, force: bool = False) -> dict[str, Any]:
+            shards: str | None = None, shard_size: int | None = None, force: bool = False, reshard: bool = False) -> dict[str, Any]:
     """One cycle; returns the decision (see the module docstring). Raises UserError for what a user can fix.
 
     `shards`: where the cycle's train/ and val/ shards go (default `<workdir>/shards`); on a cluster
     of several nodes, object storage (or a shared file system) that every node reads.
     `shard_size`: samples per shard (default ShardOptions's 1,000).
+    `reshard`: shard the whole source again instead of appending what is new (needed when sharded
+    images changed or vanished, a class was added, or the shard options changed).
     """
     check_policy(config)
     workdir = Path(workdir).expanduser().resolve() if workdir else default_workdir()
@@ -273,9 +280,11 @@ def retrain(src: str, config: Config, *, config_path: str | None = None, workdir
         tracking.connect()
         client = mlflow.MlflowClient()
         cycle_run_id = _start_cycle_run(client, config, {"retrain.src": os.path.abspath(src), "retrain.workdir": str(workdir),
-                                                          "retrain.shards": shards, "retrain.force": str(force)})
+                                                          "retrain.shards": shards, "retrain.force": str(force),
+                                                          "retrain.reshard": str(reshard)})
         try:
-            outcome = _cycle(client, src, config, config_path=config_path, shards=shards, shard_size=shard_size, force=force, cycle_run_id=cycle_run_id)
+            outcome = _cycle(client, src, config, config_path=config_path, shards=shards, shard_size=shard_size, force=force, reshard=reshard,
+                             cycle_run_id=cycle_run_id)
         except BaseException as err:
             with contextlib.suppress(Exception):
                 client.set_tag(cycle_run_id, "retrain.error", (str(err).splitlines() or [type(err).__name__])[0][:5000])
@@ -286,11 +295,12 @@ def retrain(src: str, config: Config, *, config_path: str | None = None, workdir
 
 
 def _cycle(client, src: str, config: Config, *, config_path: str | None, shards: str, shard_size: int | None, force: bool,
-           cycle_run_id: str) -> dict[str, Any]:
+           reshard: bool, cycle_run_id: str) -> dict[str, Any]:
     from pipelines.shard import ShardOptions
 
     name, metric, margin = config.registry.model_name, config.retrain.metric, config.retrain.margin
-    shards = shard_source(src, shards, ShardOptions(shard_size=shard_size) if shard_size else None)
+    options = ShardOptions(append=not reshard, **({"shard_size": shard_size} if shard_size else {}))
+    shards = shard_source(src, shards, options)
     fingerprint, val_uri = shards["train"]["fingerprint"], shards["val"]["uri"]
     champion = _champion(client, name)
     outcome: dict[str, Any] = {
@@ -299,6 +309,8 @@ def _cycle(client, src: str, config: Config, *, config_path: str | None, shards:
         "data_fingerprint": fingerprint, "val_fingerprint": shards["val"]["fingerprint"], "trained": False,
         "training_run_id": None, "cycle_run_id": cycle_run_id, "warm_start": None,
         "shards": {split: shards[split]["uri"] for split in shards},
+        "shards_written": {split: shards[split]["written"] for split in shards},
+        "bytes_written": sum(shards[split]["bytes_written"] for split in shards),
     }
 
     def finish(decision: str, reason: str, **more) -> dict[str, Any]:
@@ -347,7 +359,8 @@ def _cycle(client, src: str, config: Config, *, config_path: str | None, shards:
             return finish("rejected", reason)
         from infra.evaluation import evaluate_model
 
-        evaluated = evaluate_model(f"{name}/{champion['version']}", val_uri, list(config.eval.crops), batch_size=config.eval.batch_size, concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu)
+        evaluated = evaluate_model(f"{name}/{champion['version']}", val_uri, list(config.eval.crops), batch_size=config.eval.batch_size,
+                                   max_crops_per_forward=config.eval.max_crops_per_forward, concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu)
         outcome["champion"] = evaluated["metrics"][metric]
 
     # 3. Decide, and write the decision where the versions are.

@@ -21,6 +21,7 @@ import numpy as np
 
 from infra import charts, registry, tracking
 from infra.config import Config
+from infra.evaluation import val_set
 from infra.metrics_sink import MlflowSink
 from infra.ray_runtime import alive_nodes, init_ray
 from pipelines import manifest, storage
@@ -136,10 +137,13 @@ def train(config: Config, *, config_path: str | None = None, init_checkpoint: st
     resume_hint = f"incept train --config {config_path or 'FILE'} train.run_name={run_name}"
     try:
         state = checkpoint.load(result.checkpoint)
+        val = {}
         if config.data.val and config.eval.crops:
+            val = val_set(config.data.val)  # the set the metrics come from, tagged on the version with them
             # The checkpoint's URI, not a folder of this node: actors on any node open it.
             outcome["metrics"] = evaluate_shards(CheckpointModel(result.checkpoint), config.data.val, config.eval.crops, batch_size=config.eval.batch_size,
-                                                 concurrency=config.eval.concurrency, use_gpu=config.train.use_gpu, env_vars=tracking.worker_env())
+                                                 max_crops_per_forward=config.eval.max_crops_per_forward, concurrency=config.eval.concurrency,
+                                                 use_gpu=config.train.use_gpu, env_vars=tracking.worker_env())
         tracking.connect()
         _log_results(run_id, outcome["metrics"])
         if config.registry.register:
@@ -149,7 +153,7 @@ def train(config: Config, *, config_path: str | None = None, init_checkpoint: st
             example = np.random.default_rng(0).integers(0, 256, (2, r, r, 3), dtype=np.uint8)
             version = registry.register(
                 model=serving, input_example=example, metadata=data_config, metrics=outcome["metrics"],
-                tags={**tags, "checkpoint": result.checkpoint, "run_name": run_name}, run_id=run_id, model_name=config.registry.model_name,
+                tags={**tags, "checkpoint": result.checkpoint, "run_name": run_name}, run_id=run_id, model_name=config.registry.model_name, **val,
             )
             outcome["model_version"] = version.version
         from mlflow import MlflowClient

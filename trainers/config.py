@@ -36,9 +36,12 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class OptimSection:
-    lr: float = 0.0  # base learning rate; 0: the paper's 0.045 at batch 32, scaled linearly to the global batch
+    lr: float = 0.0  # base learning rate; 0: base_lr per base_batch images, scaled linearly to the global batch
+    base_lr: float = 0.045  # with lr 0: the rate at base_batch images (paper section 8: 0.045 per replica of 32) ...
+    base_batch: int = 32  # ... (the large-batch reference states 0.165 per 256: configs/imagenet.yaml)
     decay_rate: float = 0.94  # multiply the rate by this ...
     decay_epochs: float = 2.0  # ... every this many epochs (paper section 8)
+    lr_floor: float = 0.0  # fraction of the base rate the staircase stops at (large-batch reference: 1e-4); 0: none
     warmup_epochs: float = 0.0  # linear warm-up (Goyal et al.; needed when the scaled rate is large)
     alpha: float = 0.9  # RMSProp decay of the mean square (paper: 0.9)
     momentum: float = 0.9  # TF reference
@@ -48,6 +51,10 @@ class OptimSection:
     label_smoothing: float = 0.1  # paper section 7
     aux_weight: float = 0.4  # auxiliary loss weight (TF reference)
     ema_decay: float = 0.9999  # parameter averaging for evaluation (TF reference); 0: off
+    # The global batch at which ema_decay is stated; the decay per optimiser step is then
+    # ema_decay ** (global batch / this), the same horizon in images at any batch (trainers/ema.py).
+    # 0: ema_decay is per optimiser step whatever the batch, as TF's ExponentialMovingAverage takes it.
+    ema_reference_batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class TrainSection:
 class EvalSection:
     crops: list = field(default_factory=lambda: [1])  # protocols run on the final model before registration: 1, 10, 12, 144
     batch_size: int = 32  # images per evaluation batch (each expands to its crops)
+    max_crops_per_forward: int = 0  # crops per model call, bounding activation memory (14.2 MiB per crop at 299 px); 0: 256 on CPU, 1,024 on GPU (trainers.evaluate)
     concurrency: int = 0  # evaluation actors (one model each); 0: one per CPU, or per GPU with train.use_gpu, at most one per shard
 
 

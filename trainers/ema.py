@@ -1,8 +1,14 @@
-"""Running average of the model for evaluation (paper section 8; TF reference: decay 0.9999)."""
+"""Running average of the model for evaluation (paper section 8; TF reference: decay 0.9999).
+
+A decay is per optimiser step, so the same number averages over more images at a larger batch:
+0.9999 is about 10,000 steps, a quarter of an ImageNet epoch at batch 32 and 64 epochs at 8,192.
+`step_decay` carries a decay stated at one global batch to another, keeping the horizon in images.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -16,6 +22,49 @@ def ema_decay(num_updates: int, decay: float = 0.9999) -> float:
     (89,990 updates for 0.9999).
     """
     return min(decay, (1.0 + num_updates) / (10.0 + num_updates))
+
+
+def step_decay(decay: float, *, global_batch: int, reference_batch: int) -> float:
+    """The decay per optimiser step for `decay` stated at `reference_batch` images: decay ** (global_batch / reference_batch).
+
+    One step at the global batch then shrinks the old average as much as global_batch / reference_batch
+    steps at the reference batch would, so an image's weight in the average falls with the number of
+    images seen since, whatever the batch. reference_batch 0: `decay` is already per step (returned
+    as is). TF's warm-up (`ema_decay`) still counts optimiser steps on top of the result.
+    """
+    if global_batch <= 0 or reference_batch < 0:
+        raise ValueError(f"global_batch must be positive and reference_batch non-negative, got {global_batch} and {reference_batch}")
+    if reference_batch == 0:
+        return decay
+    return decay ** (global_batch / reference_batch)
+
+
+def horizon_steps(decay: float) -> float:
+    """Optimiser steps after which an update's weight in the average has fallen by e: -1 / ln(decay).
+
+    About 1 / (1 - decay) for a decay near 1 (9,999.5 for 0.9999, 199.5 for 0.995); unlike that
+    approximation it is exactly proportional to reference_batch / global_batch under `step_decay`,
+    so the horizon in images (this x global batch) is the same at any batch. 0 for decay 0 (off).
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {decay}")
+    return 0.0 if decay == 0.0 else -1.0 / math.log(decay)
+
+
+def warmup_updates(decay: float) -> int:
+    """The first update count n at which `ema_decay(n, decay)` reaches `decay` (TF's warm-up is over).
+
+    (1 + n) / (10 + n) >= decay from n = (10 * decay - 1) / (1 - decay): 1,790 for 0.995, 89,990 for 0.9999.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {decay}")
+    n = max(math.ceil((10.0 * decay - 1.0) / (1.0 - decay)), 0)
+    # The closed form in floating point can land one off; settle it on the function the average uses.
+    while n > 0 and ema_decay(n - 1, decay) >= decay:
+        n -= 1
+    while ema_decay(n, decay) < decay:
+        n += 1
+    return n
 
 
 def _bare(model: nn.Module) -> nn.Module:

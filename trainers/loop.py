@@ -33,7 +33,7 @@ from pipelines.stream import equal_batches, steps_per_epoch
 from trainers import checkpoint
 from trainers.clip import clip_grad_norm
 from trainers.config import OptimSection, Recipe, recipe_from_dict
-from trainers.ema import ModelEma
+from trainers.ema import ModelEma, step_decay
 from trainers.inception_v3 import inception_v3, min_input_size, normalize
 from trainers.loss import inception_loss
 from trainers.optim import RMSpropTF, param_groups_weight_decay
@@ -187,14 +187,16 @@ def train_loop_per_worker(config: dict) -> None:
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    ema = ModelEma(model, o.ema_decay) if o.ema_decay > 0 else None
+    # The decay per optimiser step that keeps optim.ema_decay's horizon in images at this global batch.
+    ema_per_step = step_decay(o.ema_decay, global_batch=t.batch_size * world, reference_batch=o.ema_reference_batch)
+    ema = ModelEma(model, ema_per_step) if o.ema_decay > 0 else None
 
-    # Optimiser and schedule: the paper's 0.045 at batch 32, scaled to the global batch unless given.
-    base_lr = o.lr or scaled_lr(t.batch_size * world)
+    # Optimiser and schedule: optim.base_lr per optim.base_batch images, scaled to the global batch unless given.
+    base_lr = o.lr or scaled_lr(t.batch_size * world, base_lr=o.base_lr, base_batch=o.base_batch)
     optimizer = RMSpropTF(param_groups_weight_decay(model, o.weight_decay), lr=base_lr, alpha=o.alpha, momentum=o.momentum, eps=o.eps)
 
     def lr_at(step: int) -> float:
-        return learning_rate(step, steps_per_epoch=max(steps, 1), base_lr=base_lr, decay_rate=o.decay_rate, decay_epochs=o.decay_epochs, warmup_epochs=o.warmup_epochs)
+        return learning_rate(step, steps_per_epoch=max(steps, 1), base_lr=base_lr, decay_rate=o.decay_rate, decay_epochs=o.decay_epochs, warmup_epochs=o.warmup_epochs, floor=o.lr_floor)
 
     # (2) Ray: resume from the last checkpoint after a worker failure or a rerun of the same run.
     epoch, epoch_step, step = 0, 0, 0
@@ -216,7 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
         # A URI with its storage options (the endpoint), so any node opens it; tensors only (see checkpoint.load).
         state = checkpoint.load(config["init_checkpoint"], map_location=device)
         model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
-        ema = ModelEma(model, o.ema_decay) if o.ema_decay > 0 else None
+        ema = ModelEma(model, ema_per_step) if o.ema_decay > 0 else None
         if rank == 0:
             say(f"warm start from {config['init_checkpoint']}")
 

@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     ls.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     show = verbs.add_parser("show", help="one version: aliases, metrics, tags, source run",
-                            description="Show one model version: aliases, metrics, tags, source run, checkpoint, data config.")
+                            description="Show one model version: aliases, the metrics of its last evaluation and the validation set "
+                                        "they came from, tags, source run, checkpoint, data config.")
     show.add_argument("ref", help="NAME@ALIAS or NAME/VERSION, e.g. inception-v3@champion (models:/ prefix allowed)")
     show.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
@@ -105,6 +106,13 @@ def run_list(args) -> int:
     return 0
 
 
+def _evaluated_on(info) -> str:
+    """Where the version's metrics came from: the last evaluation's validation set."""
+    if not info.val_fingerprint:
+        return "validation set not recorded"
+    return f"on validation set {info.val_fingerprint[:12]} ({info.val_shards or 'shards not recorded'})"
+
+
 @_mlflow_errors
 def run_show(args) -> int:
     from infra import registry
@@ -117,7 +125,7 @@ def run_show(args) -> int:
         f"  source run: {info.run_id or '-'}",
         f"  model id:   {info.model_id or '-'}",
         f"  checkpoint: {info.checkpoint or '-'}",
-        "  metrics:" + ("" if info.metrics else " -"),
+        "  metrics:" + (f"    {_evaluated_on(info)}" if info.metrics else " -"),
         *[f"    {k:<14} {v:.4f}" for k, v in sorted(info.metrics.items())],
         "  tags:" + ("" if info.tags else " -"),
         *[f"    {k} = {v}" for k, v in sorted(info.tags.items())],

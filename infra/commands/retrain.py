@@ -17,12 +17,14 @@ def add_parser(sub) -> None:
         "only if retrain.metric beats the champion's by more than retrain.margin. One cycle per work "
         "directory at a time; a second exits with status 2.",
     )
-    p.add_argument("--src", required=True, help="data set root in ILSVRC-2012 layout (ROOT/train/<wnid>/..., ROOT/val/...)")
+    p.add_argument("--src", required=True, help="data set root in ILSVRC-2012 layout (ROOT/train/<wnid>/..., ROOT/val/...), or ImageNet's archives")
     p.add_argument("--config", required=True, help="YAML training config (configs/imagenet.yaml, configs/demo.yaml)")
     p.add_argument("--workdir", help="the cycle lock, and the shards unless --shards (default: $INCEPT_WORKDIR/retrain)")
     p.add_argument("--shards", metavar="URI", help="where the cycle writes its train/ and val/ shards: a local folder or "
                    "s3://... that every node of a cluster reads (default: WORKDIR/shards)")
     p.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
+    p.add_argument("--reshard", action="store_true", help="shard the whole source again; by default a cycle appends the images "
+                   "that are new since the last cycle to new shards and leaves the earlier shards as they are")
     p.add_argument("--force", action="store_true", help="train and compare even if the champion was trained on the same data")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (train.epochs=3 retrain.margin=0.005)")
     p.add_argument("--json", action="store_true", help="print the decision as one JSON object")
@@ -43,6 +45,7 @@ def run(args) -> int:
     if args.shard_size is not None and args.shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {args.shard_size}")
     config = config_module.load(args.config, args.overrides)
-    outcome = retrain(args.src, config, config_path=args.config, workdir=args.workdir, shards=args.shards, shard_size=args.shard_size, force=args.force)
+    outcome = retrain(args.src, config, config_path=args.config, workdir=args.workdir, shards=args.shards, shard_size=args.shard_size, force=args.force,
+                      reshard=args.reshard)
     emit(outcome, as_json=args.json, human=_human(outcome))
     return 0

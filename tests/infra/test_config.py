@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from infra.config import Config, load
@@ -5,11 +7,40 @@ from pipelines.errors import UserError
 
 pytestmark = pytest.mark.unit
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_defaults_are_the_papers_recipe():
     c = load()
     assert (c.optim.alpha, c.optim.eps, c.optim.clip_norm, c.optim.label_smoothing) == (0.9, 1.0, 2.0, 0.1)
     assert (c.optim.decay_rate, c.optim.decay_epochs, c.train.batch_size, c.model.resolution) == (0.94, 2.0, 32, 299)
+
+
+def test_new_recipe_keys_default_to_the_old_behaviour():
+    # lr 0 still means 0.045 per 32 scaled linearly, no floor, and ema_decay per optimiser step.
+    o = load().optim
+    assert (o.base_lr, o.base_batch, o.lr_floor, o.ema_reference_batch) == (0.045, 32, 0.0, 0)
+
+
+def test_demo_config_keeps_its_rate_and_average():
+    from trainers.ema import step_decay
+    from trainers.schedule import scaled_lr
+
+    c = load(REPO / "configs" / "demo.yaml")
+    o, t = c.optim, c.train
+    global_batch = t.batch_size * t.num_workers
+    assert global_batch == 32
+    assert scaled_lr(global_batch, base_lr=o.base_lr, base_batch=o.base_batch) == 0.045
+    assert step_decay(o.ema_decay, global_batch=global_batch, reference_batch=o.ema_reference_batch) == 0.99
+    assert o.lr_floor == 0.0
+
+
+def test_imagenet_config_is_the_large_batch_reference():
+    c = load(REPO / "configs" / "imagenet.yaml")
+    o, t, m = c.optim, c.train, c.model
+    assert t.batch_size * t.num_workers == 1024
+    assert (o.lr, o.base_lr, o.base_batch, o.decay_rate, o.decay_epochs, o.lr_floor) == (0.0, 0.165, 256, 0.94, 3.0, 1e-4)
+    assert (o.ema_decay, o.ema_reference_batch, m.bn_momentum, o.clip_norm, o.label_smoothing, o.aux_weight) == (0.995, 1024, 0.004, 0.0, 0.1, 0.4)
 
 
 def test_file_then_dotted_overrides(tmp_path):
@@ -33,6 +64,12 @@ def test_file_then_dotted_overrides(tmp_path):
         ("model.resolution=60", "model.resolution must be at least 75"),
         ("eval.crops=[3]", "eval.crops must be a list of 1, 10, 12, 144"),
         ("eval.concurrency=-1", "eval.concurrency must be at least 0"),
+        ("optim.base_lr=0", "optim.base_lr must be positive"),
+        ("optim.base_batch=0", "optim.base_batch must be positive"),
+        ("optim.lr_floor=1", "optim.lr_floor must be in [0, 1)"),
+        ("optim.lr_floor=-0.1", "optim.lr_floor must be in [0, 1)"),
+        ("optim.ema_reference_batch=-1", "optim.ema_reference_batch must be at least 0"),
+        ("optim.ema_reference_batch=256.5", "config key optim.ema_reference_batch: expected int"),
         ("train.placement_strategy=spread", "train.placement_strategy must be one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
         ("train.storage_path=s3://AKIA:s3cret@bucket/runs", "config key train.storage_path: s3://***@bucket/runs: credentials in a storage URI are refused"),
         ("data.val=s3://AKIA:s3cret@bucket/val", "config key data.val: s3://***@bucket/val: credentials"),

@@ -99,6 +99,7 @@ def test_checkpoint_every_protocol_matches_a_plain_loop(val_shards, checkpoint_f
 
 def test_registry_reference_writes_metrics_to_the_version(val_shards, tiny_model, embedded_env, new_run, cli, cli_env):
     from infra import registry
+    from pipelines import manifest
 
     module, metadata, example = tiny_model(num_classes=3)
     run_id = new_run()
@@ -108,7 +109,11 @@ def test_registry_reference_writes_metrics_to_the_version(val_shards, tiny_model
     out = json.loads(proc.stdout)
     assert out["version"] == info.version
     assert set(out["metrics"]) == {"top1_1crop", "top5_1crop", "top1_10crop", "top5_10crop"}
-    assert registry.show(f"incept-evaluate/{info.version}").metrics == out["metrics"]
+    shown = registry.show(f"incept-evaluate/{info.version}")
+    assert shown.metrics == out["metrics"]
+    # The set the metrics came from, as the version records it.
+    assert shown.val_fingerprint == out["val_fingerprint"] == manifest.read(str(val_shards))["fingerprint"]
+    assert shown.val_shards == str(val_shards)
     assert "ReadWebDataset->MapBatches(CropPredictor)" in proc.stderr  # fused with MLflow's env vars too
 
     missing = cli("evaluate", "incept-evaluate@champion", "--shards", str(val_shards), env=cli_env, check=False)
@@ -120,6 +125,7 @@ def test_mistakes_are_one_line(val_shards, checkpoint_folder, cli, cli_env):
     for args, message in [
         (["--gpu"], "the Ray cluster has no GPU"),
         (["--concurrency", "-1"], "concurrency must be at least 0"),
+        (["--max-crops-per-forward", "-1"], "max_crops_per_forward must be at least 0"),
         (["--crops", "7"], "7"),
     ]:
         proc = cli("evaluate", str(checkpoint_folder), "--shards", str(val_shards), *args, env=cli_env, check=False, timeout=120)

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.unit
 
 K8S = Path(__file__).resolve().parents[2] / "infra" / "k8s"
 IMAGE = "ghcr.io/YOUR-ORG/incept:0.1.0"
-TRAIN = "incept train --config configs/imagenet.yaml"
-RETRAIN = "incept retrain --src /mnt/shared/imagenet --config configs/imagenet.yaml --workdir /mnt/shared/work"
+TRAIN = "incept train --config configs/imagenet.yaml train.num_workers=32 train.batch_size=32"
+RETRAIN = "incept retrain --src /mnt/shared/imagenet --config configs/imagenet.yaml --workdir /mnt/shared/work train.num_workers=32 train.batch_size=32"
 
 
 def load(name: str) -> list[dict]:

@@ -59,8 +59,12 @@ def _images(tmp_path, n: int = 3) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, use_server, tiny_model, new_run):
+def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, use_server, tiny_model, new_run, capsys):
+    import argparse
+
     import mlflow
+
+    from infra.commands.registry import run_show
 
     use_server(mlflow_server)
     name = _name()
@@ -76,19 +80,24 @@ def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, us
     assert logged.experiment_id == client.get_run(run_id).info.experiment_id  # not Default ("0")
     assert str(logged.status) == "READY"
 
-    # A rerun after a failure: the same version comes back, nothing is duplicated.
+    # A rerun after a failure: the same version comes back, nothing is duplicated. Its evaluation
+    # (training's, on data.val) names the validation set this time.
+    val = {"val_fingerprint": "fp-val-0", "val_shards": "/data/val-0"}
     module, metadata, example = tiny_model()
     again = registry.register(model=module, input_example=example, metadata=metadata, metrics=METRICS,
-                              tags=TAGS, run_id=run_id, model_name=name)
+                              tags=TAGS, run_id=run_id, model_name=name, **val)
     assert not again.created_now and again.version == info.version
+    assert again.metrics == METRICS and (again.val_fingerprint, again.val_shards) == ("fp-val-0", "/data/val-0")
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
     assert [v.version for v in versions] == ["1"]
-    # ... and a rerun never drags the alias back from a newer version.
+    logged = len(client.get_logged_model(info.model_id).metrics)
+    # ... and a rerun never drags the alias back from a newer version, nor logs the same evaluation twice.
     newer = client.create_model_version(name, source=info.source, run_id=new_run(), model_id=info.model_id).version
     client.set_registered_model_alias(name, "challenger", newer)
     registry.register(model=module, input_example=example, metadata=metadata, metrics=METRICS,
-                      tags=TAGS, run_id=run_id, model_name=name)
+                      tags=TAGS, run_id=run_id, model_name=name, **val)
     assert _aliases(name) == {"challenger": newer}
+    assert len(client.get_logged_model(info.model_id).metrics) == logged
     client.set_registered_model_alias(name, "challenger", "1")
 
     # Metrics: on the LoggedModel (what get_model_info shows) and on the source run.
@@ -105,13 +114,34 @@ def test_register_is_idempotent_and_show_reads_everything_back(mlflow_server, us
     assert shown.metrics == METRICS and shown.run_id == run_id
     assert shown.data_config["num_classes"] == 7 and shown.data_config["resolution"] == 32
 
-    # Re-evaluation: newer values win.
-    updated = registry.set_version_metrics(f"{name}/1", {"top1_1crop": 0.65, "top1_10crop": 0.66})
-    assert updated.metrics == {"top1_1crop": 0.65, "top5_1crop": 0.83, "top1_10crop": 0.66}
+    # Re-evaluation: the last evaluation's metrics are the version's, with the set they came from;
+    # an older one's 144-crop figures on another set no longer show.
+    first = registry.set_version_metrics(f"{name}/1", {"top1_1crop": 0.65, "top1_144crop": 0.7, "top5_144crop": 0.9},
+                                         val_fingerprint="fp-val-a", val_shards="/data/val-a")
+    assert first.metrics == {"top1_1crop": 0.65, "top1_144crop": 0.7, "top5_144crop": 0.9}
+    assert (first.val_fingerprint, first.val_shards) == ("fp-val-a", "/data/val-a")
+    registry.set_version_metrics(f"{name}/1", {"top1_1crop": 0.64, "top1_10crop": 0.66},
+                                 val_fingerprint="0123456789abcdef-val-b", val_shards="s3://KEY:SECRET@bucket/val-b")
+    shown = registry.show(f"{name}/1")
+    assert shown.metrics == {"top1_1crop": 0.64, "top1_10crop": 0.66}
+    assert shown.val_fingerprint == "0123456789abcdef-val-b" and shown.val_shards == "s3://***@bucket/val-b"
+    assert shown.tags["evaluation.metrics"] == "top1_10crop,top1_1crop"
+    assert "SECRET" not in json.dumps(shown.to_dict())
+    run_show(argparse.Namespace(ref=f"{name}/1", json=False))
+    assert "metrics:    on validation set 0123456789ab (s3://***@bucket/val-b)" in capsys.readouterr().out
+
+    # A version from before these tags (the bare `newer` one, on the same LoggedModel): every
+    # metric it holds, newest value per name, from no named set.
+    old_style = registry.show(f"{name}/{newer}")
+    assert old_style.metrics == {"top1_1crop": 0.64, "top5_1crop": 0.83, "top1_10crop": 0.66, "top1_144crop": 0.7, "top5_144crop": 0.9}
+    assert old_style.val_fingerprint is None
+    run_show(argparse.Namespace(ref=f"{name}/{newer}", json=False))
+    assert "metrics:    validation set not recorded" in capsys.readouterr().out
 
     listed = {m["name"]: m for m in registry.list_models()}
     assert listed[name]["aliases"] == {"challenger": "1"}
-    assert listed[name]["versions"][0]["metrics"]["top1_1crop"] == 0.65
+    listed_1 = next(v for v in listed[name]["versions"] if v["version"] == "1")
+    assert listed_1["metrics"] == shown.metrics and listed_1["val_fingerprint"] == "0123456789abcdef-val-b"
 
 
 @pytest.mark.e2e
@@ -127,7 +157,7 @@ def test_resolve_errors_name_what_exists(mlflow_server, use_server, clone_model)
     with pytest.raises(UserError, match="expected NAME@ALIAS or NAME/VERSION"):
         registry.resolve(name)
     with pytest.raises(UserError, match="unknown model-version metric 'accuracy'"):
-        registry.set_version_metrics(f"{name}/1", {"accuracy": 0.5})
+        registry.set_version_metrics(f"{name}/1", {"accuracy": 0.5}, val_fingerprint="fp", val_shards="/data/val")
 
 
 @pytest.mark.e2e
@@ -141,9 +171,12 @@ def test_version_without_logged_model_keeps_metrics_in_tags(mlflow_server, use_s
     run_id = new_run()
     client.create_registered_model(name)
     version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id).version
-    info = registry.set_version_metrics(f"{name}/{version}", {"top1_1crop": 0.5})
-    assert info.metrics == {"top1_1crop": 0.5}
+    info = registry.set_version_metrics(f"{name}/{version}", {"top1_1crop": 0.5}, val_fingerprint="fp-a", val_shards="/data/a")
+    assert info.metrics == {"top1_1crop": 0.5} and info.val_fingerprint == "fp-a"
     assert client.get_model_version(name, version).tags["metric.top1_1crop"] == "0.5"
+    # Another evaluation with other protocols: its metrics only, though the older tag stays.
+    info = registry.set_version_metrics(f"{name}/{version}", {"top1_10crop": 0.55}, val_fingerprint="fp-b", val_shards="/data/b")
+    assert info.metrics == {"top1_10crop": 0.55} and (info.val_fingerprint, info.val_shards) == ("fp-b", "/data/b")
 
 
 # ---------------------------------------------------------------------------------------------

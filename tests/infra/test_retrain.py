@@ -89,13 +89,22 @@ def test_three_cycles(tmp_path, cli, cli_env, embedded_env):
     assert champion.tags["promotion.decision"] == "promoted"
     assert champion.metrics["top1_1crop"] == pytest.approx(first["challenger"])
 
-    # 2. The same data again: nothing to do (human output this time).
-    second = cli(*base, *SMALL, env=cli_env)
+    # 2. The same data again, resharded in full: the same shards, nothing to do (human output this time).
+    second = cli(*base, "--reshard", *SMALL, env=cli_env)
     assert second.stdout.startswith("not promoted: no new data")
     assert len(registry.list_models()[0]["versions"]) == 1  # nothing trained
 
-    # 3. Forced, with an untrained model: worse than the champion on the same shards, refused.
+    # 3. Three new images (2.5%): the cycle appends them in a new shard, every earlier shard untouched.
+    #    Forced, with an untrained model: worse than the champion on the same val shards, refused.
+    train_shards = tmp_path / "work" / "retrain" / "shards" / "train"
+    before = {p.name: p.stat().st_mtime_ns for p in train_shards.glob("*.tar")}
+    for k, image in enumerate(sorted((src / "train" / "n00000001").iterdir())[:3]):
+        (src / "train" / "n00000002" / f"new_{k}.JPEG").write_bytes(image.read_bytes())
     third = _json(cli(*base, "--force", *SMALL, "train.epochs=0", "retrain.margin=0.01", "--json", env=cli_env))
+    after = {p.name: p.stat().st_mtime_ns for p in train_shards.glob("*.tar")}
+    assert {n: after[n] for n in before} == before and len(after) == len(before) + 1
+    assert third["shards_written"] == {"train": 1, "val": 0} and third["data_fingerprint"] != first["data_fingerprint"]
+    assert 0 < third["bytes_written"] < sum((train_shards / n).stat().st_size for n in before) / 10
     assert third["promoted"] is False and third["decision"] == "rejected"
     assert third["challenger"] < third["champion"] - 0.01
     assert third["version"] == "2" and third["champion_version"] == "1"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainers.ema import ModelEma, ema_decay
+from trainers.ema import ModelEma, ema_decay, horizon_steps, step_decay, warmup_updates
 
 
 class _Tiny(nn.Module):
@@ -22,6 +22,58 @@ class _Tiny(nn.Module):
 )
 def test_tf_warmup_decay(n, decay, expected):
     assert ema_decay(n, decay) == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "decay, global_batch, reference_batch, expected",
+    [
+        (0.995, 1024, 1024, 0.995),  # the large-batch reference at its own batch
+        (0.995, 2048, 1024, 0.990025),  # 0.995 ** 2
+        (0.999, 1024, 256, 0.996005996001),  # 0.999 ** 4 = 0.998001 ** 2
+        (0.995, 256, 1024, 0.9987476),  # 0.995 ** 0.25 = exp(ln(0.995) / 4) = exp(-0.00125314)
+        (0.99, 32, 0, 0.99),  # reference batch 0: already per step (configs/demo.yaml)
+        (0.9999, 8192, 0, 0.9999),
+    ],
+)
+def test_step_decay_scales_with_the_global_batch(decay, global_batch, reference_batch, expected):
+    assert step_decay(decay, global_batch=global_batch, reference_batch=reference_batch) == pytest.approx(expected, rel=1e-7)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("global_batch", [32, 256, 1000, 1024, 8192, 65536])
+def test_horizon_in_images_does_not_depend_on_the_batch(global_batch):
+    # 0.995 at 1,024: -1 / ln(0.995) = 199.4996 steps, 204,287.6 images, at any global batch.
+    per_step = step_decay(0.995, global_batch=global_batch, reference_batch=1024)
+    assert global_batch * horizon_steps(per_step) == pytest.approx(204_287.6, rel=1e-6)
+
+
+@pytest.mark.unit
+def test_horizon_steps_by_hand():
+    assert horizon_steps(0.995) == pytest.approx(199.4996, rel=1e-6)  # about 1 / (1 - 0.995) = 200
+    assert horizon_steps(0.9999) == pytest.approx(9999.5, rel=1e-6)
+    assert horizon_steps(0.0) == 0.0
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("decay, n", [(0.995, 1790), (0.9999, 89_990), (0.99, 890), (0.1, 0), (0.0, 0)])
+def test_warmup_updates_is_where_tf_warmup_reaches_the_decay(decay, n):
+    # (10 * decay - 1) / (1 - decay): 8.95 / 0.005 = 1,790; 8.999 / 0.0001 = 89,990; 8.9 / 0.01 = 890.
+    assert warmup_updates(decay) == n
+    assert ema_decay(n, decay) == decay
+    assert n == 0 or ema_decay(n - 1, decay) < decay
+
+
+@pytest.mark.unit
+def test_step_decay_and_horizon_reject_bad_arguments():
+    with pytest.raises(ValueError):
+        step_decay(0.9, global_batch=0, reference_batch=32)
+    with pytest.raises(ValueError):
+        step_decay(0.9, global_batch=32, reference_batch=-1)
+    with pytest.raises(ValueError):
+        horizon_steps(1.0)
+    with pytest.raises(ValueError):
+        warmup_updates(1.0)
 
 
 @pytest.mark.unit
