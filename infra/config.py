@@ -173,6 +173,10 @@ def validate(config: Config) -> None:
          f"train.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)} (Ray placement groups)"),
         (config.eval.concurrency >= 0, "eval.concurrency must be at least 0 (0: one evaluation actor per CPU or GPU)"),
         (config.eval.max_crops_per_forward >= 0, "eval.max_crops_per_forward must be at least 0 (0: the device's default)"),
+        (config.data.color_on in ("device", "cpu"), f"data.color_on must be device or cpu, got {config.data.color_on!r}"),
+        (config.data.decode_on in ("cpu", "gpu"), f"data.decode_on must be cpu or gpu, got {config.data.decode_on!r}"),
+        (config.data.decode_on != "gpu" or config.train.use_gpu,
+         "data.decode_on: gpu decodes on the training GPUs: set train.use_gpu: true, or data.decode_on: cpu"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,8 +1,9 @@
 """Streaming shards back for training and evaluation, as Ray Data datasets.
 
     read_webdataset (raw bytes, shard order shuffled each epoch)
-      -> map_batches(train_transform | eval_transform)   decode, crop, flip, colour on CPU workers
-      -> per worker: local shuffle buffer -> `equal_batches` -> uint8 NHWC batches to the device
+      -> map_batches(train_transform | eval_transform)   decode, crop, flip (and colour, data.color_on: cpu) on CPU workers
+         (data.decode_on: gpu: train_crop_transform, which only draws the crops and ships the JPEG bytes)
+      -> per worker: local shuffle buffer -> `equal_batches` -> trainers.feed -> the device
 
 One Ray task per shard: the read and the transform fuse into one operator, so JPEG bytes never go
 through the object store. Ray Data fuses a read with `map_batches` only when the map has no
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.transforms import eval_transform, train_transform
+from pipelines.transforms import eval_transform, train_crop_transform, train_transform
 
 
 def slices(batch: dict, rows: int) -> Iterator[dict]:
@@ -85,9 +86,16 @@ def _read_and_map(uri: str, fn, *, shuffle: bool, batch_rows: int):
     return read_shards(uri, shuffle=shuffle).map_batches(InChunks(fn, batch_rows), batch_format="numpy", batch_size=None)
 
 
-def train_dataset(uri: str, *, resolution: int, area, ratio, flip: bool, color: bool, batch_rows: int = 32):
-    """Augmented training images as uint8 (R, R, 3) with int64 labels; reshuffled each epoch."""
-    transform = train_transform(resolution=resolution, area=tuple(area), ratio=tuple(ratio), flip=flip, color=color)
+def train_dataset(uri: str, *, resolution: int, area, ratio, flip: bool, color: bool, decode: bool = True, batch_rows: int = 32):
+    """Augmented training images as uint8 (R, R, 3) with int64 labels; reshuffled each epoch.
+
+    decode False: the crops are drawn here but not cut; each row ships its JPEG bytes with the box
+    and flip (pipelines.transforms.CropTransform), for a training GPU that decodes (data.decode_on: gpu).
+    """
+    if decode:
+        transform = train_transform(resolution=resolution, area=tuple(area), ratio=tuple(ratio), flip=flip, color=color)
+    else:
+        transform = train_crop_transform(resolution=resolution, area=tuple(area), ratio=tuple(ratio), flip=flip)
     return _read_and_map(uri, transform, shuffle=True, batch_rows=batch_rows)
 
 

@@ -17,6 +17,13 @@ class DataSection:
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # Inception crop: aspect ratio w/h
     flip: bool = True  # random horizontal flip
     color: bool = True  # TF Inception colour distortion: brightness, saturation, hue, contrast
+    # Where colour runs: device (the training worker, batched tensor ops, trainers/color.py; it
+    # freed the GPU loader of its bound) or cpu (the loader's CPU workers, NumPy). On a CPU-only
+    # cluster cpu is cheaper: torch's ops cost about 5 ms per 299 px image on one core, NumPy's 1.3.
+    color_on: str = "device"
+    # Where JPEGs are decoded: cpu (the loader's workers, Pillow) or gpu (nvJPEG on the training
+    # GPU; the CPU workers only draw crops). gpu needs train.use_gpu and torchvision (the gpu extra).
+    decode_on: str = "cpu"
     # Progressive resizing (FFCV): [[epoch, resolution], ...], linear between points, the model's
     # resolution from the last point on. Empty: model.resolution throughout.
     resolution_schedule: list = field(default_factory=list)

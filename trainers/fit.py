@@ -62,7 +62,9 @@ def fit(recipe: Recipe, *, run_name: str, storage_path: str, sink=None, init_che
             area=recipe.data.area,
             ratio=recipe.data.ratio,
             flip=recipe.data.flip,
-            color=recipe.data.color,
+            # Colour on the CPU workers only where asked; otherwise the training device does it (trainers/feed.py).
+            color=recipe.data.color and recipe.data.color_on == "cpu",
+            decode=recipe.data.decode_on == "cpu",
         )
     }
     if recipe.data.val:

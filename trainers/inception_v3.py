@@ -13,6 +13,8 @@ trained model is only usable with the preprocessing it was trained with.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -87,11 +89,34 @@ def normalize(
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != len(mean):
         raise ValueError(f"expected uint8 N x H x W x {len(mean)}, got {images.dtype} {tuple(images.shape)}")
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device)
+    scale, shift = _affine(tuple(mean), tuple(std), 255.0, images.device, last=True)
     x = torch.addcmul(shift, images.float(), scale)  # N x H x W x C, float32
     x = x.permute(0, 3, 1, 2)
     return x if channels_last else x.contiguous()
+
+
+def normalize_unit(
+    x: torch.Tensor,
+    *,
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+) -> torch.Tensor:
+    """float N x C x H x W in [0, 1] -> (x - mean) / std, as `normalize` scales uint8 ones; keeps the memory format.
+
+    For pixels already in [0, 1] on the device, e.g. after the colour distortion (trainers/color.py).
+    """
+    scale, shift = _affine(tuple(mean), tuple(std), 1.0, x.device, last=False)
+    return torch.addcmul(shift, x, scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple, std: tuple, unit: float, device: torch.device, *, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel on `device`, made once: copying a new constant to a GPU every step
+    would make the host wait for it (a blocking copy). `last`: channels on the last axis (NHWC)."""
+    shape = (-1,) if last else (1, -1, 1, 1)
+    scale = torch.tensor([1.0 / (unit * s) for s in std], device=device).view(shape)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(shape)
+    return scale, shift
 
 
 class InceptionOutputs(NamedTuple):

@@ -1,14 +1,16 @@
 """The per-worker training loop: the paper's recipe, top to bottom.
 
-    data      Ray Data shard of augmented uint8 batches, exactly `steps` full batches per epoch
+    data      Ray Data shard of augmented batches, exactly `steps` full batches per epoch, fed to the
+              device ahead of the step (trainers/feed.py: pinned memory, a side stream, colour there)
     model     Inception-v3 with the BN-auxiliary head (channels_last; bf16 autocast on GPU)
     loss      label-smoothed cross-entropy on the main and auxiliary logits
     optimiser RMSProp, TF form (decay 0.9, momentum 0.9, eps 1.0)
     schedule  0.045 per 32 images, x0.94 every 2 epochs, evaluated per step
     clip      global gradient norm 2.0
-    step      optimiser step
+    step      optimiser step, skipped on the device when the gradient norm is not finite
     EMA       running average of the weights, evaluated on the validation split each epoch
-    report    metrics and a checkpoint to Ray Train (a barrier: every rank calls it equally often)
+    report    metrics and a checkpoint to Ray Train (a barrier: every rank calls it equally often);
+              the host reads loss and norm only then and every train.log_every_steps, never per step
 
 `train_one_epoch` and `evaluate` are plain functions of tensors and iterators; the Ray-specific
 steps are in `train_loop_per_worker`, numbered.
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from trainers import checkpoint
 from trainers.clip import clip_grad_norm
 from trainers.config import OptimSection, Recipe, recipe_from_dict
 from trainers.ema import ModelEma, step_decay
+from trainers.feed import Feed, device_batches, model_input
 from trainers.inception_v3 import inception_v3, min_input_size, normalize
 from trainers.loss import inception_loss
 from trainers.optim import RMSpropTF, param_groups_weight_decay
@@ -46,6 +49,8 @@ class EpochStats:
     images: int = 0
     loss_sum: float = 0.0
     seconds: float = 0.0
+    skipped: int = 0  # updates skipped on the device for a non-finite gradient norm
+    nonfinite: list = field(default_factory=list)  # (first, last) global steps of each read window whose mean loss was not finite
 
     @property
     def loss(self) -> float:
@@ -53,7 +58,7 @@ class EpochStats:
 
 
 def to_model_input(batch: dict, device: torch.device, *, resolution: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NHWC images -> normalised float NCHW at `resolution` on the device; int64 labels."""
+    """uint8 NHWC images -> normalised float NCHW at `resolution` on the device; int64 labels (evaluation)."""
     # Ray hands out read-only arrays; np.require copies only those (torch wants writable memory).
     images = torch.from_numpy(np.require(batch["image"], requirements="W")).to(device, non_blocking=True)
     labels = torch.from_numpy(np.require(batch["label"], requirements="W")).to(device, non_blocking=True)
@@ -62,6 +67,53 @@ def to_model_input(batch: dict, device: torch.device, *, resolution: int, channe
         # Progressive resizing on the device: the pipeline crops at the final resolution once.
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     return x, labels
+
+
+class _Window:
+    """What the steps since the last read accumulated, on the device: summed, never read per step."""
+
+    def __init__(self, device: torch.device, first_step: int) -> None:
+        self.device = device
+        self.epoch_loss = torch.zeros((), dtype=torch.float32, device=device)
+        self.epoch_skipped = torch.zeros((), dtype=torch.float32, device=device)
+        self._reset(first_step)
+
+    def _reset(self, first_step: int) -> None:
+        self.first = first_step
+        self.steps = 0
+        self.images = 0
+        self.loss = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.skipped = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.grad_norm: torch.Tensor | None = None
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, images: int) -> None:
+        loss = loss.detach().float()
+        self.loss += loss
+        self.epoch_loss += loss
+        if grad_norm is not None:
+            skipped = (~torch.isfinite(grad_norm)).float()
+            self.skipped += skipped
+            self.epoch_skipped += skipped
+        self.grad_norm = grad_norm
+        self.steps += 1
+        self.images += images
+
+    def read(self, *, lr: float) -> dict:
+        """The window's metrics, in one transfer (the host waits for the GPU here); starts a new window."""
+        norm = self.grad_norm if self.grad_norm is not None else torch.full((), float("nan"), device=self.device)
+        loss_sum, skipped, grad_norm = torch.stack([self.loss, self.skipped, norm.float()]).tolist()
+        seconds = time.perf_counter() - self.start
+        metrics = {
+            "loss": loss_sum / max(self.steps, 1),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "skipped_steps": int(skipped),
+            "images_per_s_worker": self.images / max(seconds, 1e-9),
+            "steps": (self.first + 1, self.first + self.steps),  # global steps, counted from 1 as `after_step` counts them
+        }
+        self._reset(self.first + self.steps)
+        return metrics
 
 
 def train_one_epoch(
@@ -73,19 +125,34 @@ def train_one_epoch(
     optim: OptimSection,
     lr_at: Callable[[int], float],
     first_step: int,
-    device: torch.device,
+    feed: Feed,
     resolution: int,
-    channels_last: bool,
     autocast: Callable[[], contextlib.AbstractContextManager],
-    after_step: Callable[[int, dict], None] = lambda step, metrics: None,
+    after_step: Callable[[int, Callable[[], dict]], None] = lambda step, read: None,
 ) -> EpochStats:
-    """One pass over `batches`; returns the epoch's statistics. `after_step(step, metrics)` runs after each step."""
+    """One pass over `batches`; returns the epoch's statistics.
+
+    Nothing in a step waits for the device: the loss, the gradient norm and the skipped-update
+    count accumulate there. `after_step(step, read)` runs after each step; `read()` returns the
+    metrics of the steps since the last read (mean loss, last gradient norm, images/s) and is the
+    one place the host waits, so call it only when the numbers are needed (logging, checkpoints).
+    """
     model.train()
     stats = EpochStats()
     step = first_step
+    window = _Window(feed.device, first_step)
+    lr = lr_at(step)
     start = time.perf_counter()
-    for batch in batches:
-        x, y = to_model_input(batch, device, resolution=resolution, channels_last=channels_last)
+
+    def read() -> dict:
+        metrics = window.read(lr=lr)
+        first, last = metrics["steps"]
+        if last >= first and not math.isfinite(metrics["loss"]):
+            stats.nonfinite.append(metrics["steps"])
+        return metrics
+
+    for batch in device_batches(batches, feed, first_step=first_step):
+        x, y = model_input(batch, feed, resolution=resolution)
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -94,18 +161,24 @@ def train_one_epoch(
         loss = inception_loss(output, y, label_smoothing=optim.label_smoothing, aux_weight=optim.aux_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = clip_grad_norm(model.parameters(), optim.clip_norm) if optim.clip_norm > 0 else float("nan")
-        if math.isfinite(grad_norm) or optim.clip_norm <= 0:
-            optimizer.step()  # a non-finite gradient is skipped rather than written into the weights
+        if optim.clip_norm > 0:
+            grad_norm = clip_grad_norm(model.parameters(), optim.clip_norm)
+            # A non-finite gradient is skipped on the device rather than written into the weights.
+            optimizer.step(finite=torch.isfinite(grad_norm))
+        else:
+            grad_norm = None
+            optimizer.step()
         if ema is not None:
             ema.update(model)
         step += 1
         stats.steps += 1
         stats.images += len(y)
-        loss_value = float(loss.detach())
-        stats.loss_sum += loss_value
-        stats.seconds = time.perf_counter() - start
-        after_step(step, {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "images_per_s_worker": stats.images / stats.seconds})
+        window.add(loss, grad_norm, len(y))
+        after_step(step, read)
+    read()  # the epoch's last window: its non-finite losses too
+    stats.loss_sum, stats.skipped = (float(v) for v in torch.stack([window.epoch_loss, window.epoch_skipped]).tolist())
+    stats.skipped = int(stats.skipped)
+    stats.seconds = time.perf_counter() - start
     return stats
 
 
@@ -243,6 +316,19 @@ def train_loop_per_worker(config: dict) -> None:
     if t.epochs == 0 and resumed is None:
         report({"epoch": 0, "step": 0}, epoch_done=0, in_epoch=0)  # the untrained model, so a run always has a checkpoint
 
+    # The input feed: batches assembled ahead in pinned memory and copied on a side stream (GPU);
+    # colour distortion here when data.color_on is device, JPEG decoding when data.decode_on is gpu.
+    feed = Feed(device=device, channels_last=channels_last, color=recipe.data.color and recipe.data.color_on == "device", seed=t.seed, rank=rank)
+    warned_through = -1
+
+    def warn_nonfinite(steps: tuple[int, int], loss: float) -> None:
+        # Each window once: after_step's reads and the epoch's own last read can name the same one.
+        nonlocal warned_through
+        first, last = steps
+        if last >= first and not math.isfinite(loss) and last > warned_through:
+            warned_through = last
+            say(f"warning: non-finite loss in steps {first}-{last}; updates whose gradient norm was not finite were skipped")
+
     run_start, images_done = time.perf_counter(), 0
     while epoch < t.epochs:
         resolution = resolution_at(epoch, schedule, minimum=min_input_size(m.variant))
@@ -253,15 +339,26 @@ def train_loop_per_worker(config: dict) -> None:
             steps=todo,
         )
 
-        def after_step(now: int, metrics: dict) -> None:
+        def after_step(now: int, read: Callable[[], dict]) -> None:
+            # Metrics are read (the host waits for the GPU) only to log them and before a checkpoint.
             nonlocal step, epoch_step
             step, epoch_step = now, epoch_step + 1
-            if rank == 0 and sink is not None and now % max(t.log_every_steps, 1) == 0:
+            checkpoint_due = bool(t.checkpoint_every_steps) and now % t.checkpoint_every_steps == 0 and epoch_step < steps
+            log_due = rank == 0 and now % max(t.log_every_steps, 1) == 0
+            if not (checkpoint_due or log_due):
+                return
+            metrics = read()
+            if rank == 0:
+                warn_nonfinite(metrics["steps"], metrics["loss"])
+            if log_due and sink is not None:
+                metrics.pop("steps")
                 sink.log({**metrics, "images_per_s": metrics.pop("images_per_s_worker") * world, "resolution": resolution}, step=now)
-            if t.checkpoint_every_steps and now % t.checkpoint_every_steps == 0 and epoch_step < steps:
+            if checkpoint_due:
                 report({"epoch": epoch, "step": now, "loss": metrics["loss"]}, epoch_done=epoch, in_epoch=epoch_step)
 
-        stats = train_one_epoch(train_model, ema, batches, optimizer, optim=o, lr_at=lr_at, first_step=step, device=device, resolution=resolution, channels_last=channels_last, autocast=autocast, after_step=after_step)
+        stats = train_one_epoch(train_model, ema, batches, optimizer, optim=o, lr_at=lr_at, first_step=step, feed=feed, resolution=resolution, autocast=autocast, after_step=after_step)
+        for window in stats.nonfinite if rank == 0 else ():
+            warn_nonfinite(window, float("nan"))
         epoch, epoch_step = epoch + 1, 0
         metrics = {"epoch": epoch, "step": step, "train_loss": stats.loss, "images_per_s": stats.images * world / max(stats.seconds, 1e-9), "resolution": resolution}
 

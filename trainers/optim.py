@@ -30,7 +30,13 @@ class RMSpropTF(torch.optim.Optimizer):
         (alpha 0.9, momentum 0.9, eps 1.0).
 
     With momentum 0 the update is p = p - lr * g / sqrt(ms + eps).
-    State per parameter: `square_avg`, `momentum_buffer` (when momentum > 0), `step` (an int).
+    State per parameter: `square_avg`, `momentum_buffer` (when momentum > 0), `step` (an int: calls
+    of `step`, skipped ones included).
+
+    `step(finite=mask)` skips the update on the device: with a bool scalar tensor that is False
+    (a non-finite gradient norm), parameters and state stay exactly as they were, and no Python
+    branch reads the mask, so the host never waits for the GPU. The gradients are zeroed where
+    the mask is False (an inf times 0 is NaN) and every decay factor becomes 1.
     """
 
     def __init__(
@@ -58,7 +64,8 @@ class RMSpropTF(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, *, finite: torch.Tensor | None = None):
+        """One update; `finite` (a bool scalar tensor): where False, leave parameters and state as they are."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -101,35 +108,47 @@ class RMSpropTF(torch.optim.Optimizer):
                 momentum=group["momentum"],
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
+                keep=None if finite is None else finite.to(device=params[0].device, dtype=params[0].dtype),
             )
         return loss
 
 
-def _single_tensor_update(params, grads, square_avgs, buffers, *, lr, alpha, momentum, eps, weight_decay):
+def _single_tensor_update(params, grads, square_avgs, buffers, *, lr, alpha, momentum, eps, weight_decay, keep=None):
+    # keep: None (always update) or a 0/1 scalar tensor. With keep 0 every factor below becomes the
+    # identity: ms * 1 + 0, buf * 1 + 0, p - 0. With keep 1 they are the plain update's factors.
     for i, (p, g, ms) in enumerate(zip(params, grads, square_avgs)):
+        if keep is not None:
+            g = torch.where(keep.bool(), g, 0.0)
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
-        ms.mul_(alpha).addcmul_(g, g, value=1.0 - alpha)
+            if keep is not None:
+                g = g * keep
+        ms.mul_(alpha if keep is None else keep * alpha + (1 - keep)).addcmul_(g, g, value=1.0 - alpha)
         rms = ms.add(eps).sqrt_()
         if momentum > 0:
             buf = buffers[i]
-            buf.mul_(momentum).addcdiv_(g, rms, value=lr)
-            p.sub_(buf)
+            buf.mul_(momentum if keep is None else keep * momentum + (1 - keep)).addcdiv_(g, rms, value=lr)
+            p.sub_(buf if keep is None else buf * keep)
         else:
             p.addcdiv_(g, rms, value=-lr)
 
 
-def _foreach_update(params, grads, square_avgs, buffers, *, lr, alpha, momentum, eps, weight_decay):
+def _foreach_update(params, grads, square_avgs, buffers, *, lr, alpha, momentum, eps, weight_decay, keep=None):
+    if keep is not None:
+        # One where per tensor: no foreach form exists, and multiplying by the mask would turn an inf into NaN.
+        grads = [torch.where(keep.bool(), g, 0.0) for g in grads]
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_mul_(square_avgs, alpha)
+        if keep is not None:
+            torch._foreach_mul_(grads, keep)
+    torch._foreach_mul_(square_avgs, alpha if keep is None else keep * alpha + (1 - keep))
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1.0 - alpha)
     rms = torch._foreach_add(square_avgs, eps)
     torch._foreach_sqrt_(rms)
     if momentum > 0:
-        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_mul_(buffers, momentum if keep is None else keep * momentum + (1 - keep))
         torch._foreach_addcdiv_(buffers, grads, rms, value=lr)
-        torch._foreach_sub_(params, buffers)
+        torch._foreach_sub_(params, buffers if keep is None else torch._foreach_mul(buffers, keep))
     else:
         torch._foreach_addcdiv_(params, grads, rms, value=-lr)
 

@@ -142,3 +142,37 @@ def test_weight_decay_groups_leave_out_batchnorm_and_biases():
 def test_rejects_invalid_hyper_parameters(kwargs):
     with pytest.raises(ValueError):
         RMSpropTF([nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def _twin_steps(foreach, momentum, weight_decay, masks, grads):
+    """Parameters and state after stepping with `masks` (None: unmasked) over `grads`."""
+    params = [nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float32).reshape(2, 3)), nn.Parameter(torch.ones(4))]
+    opt = RMSpropTF(params, lr=0.05, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
+    for mask, step_grads in zip(masks, grads):
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step() if mask is None else opt.step(finite=torch.tensor(mask))
+    return [p.detach().clone() for p in params], [{k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()} for p in params]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_a_finite_mask_gives_the_plain_update_and_a_false_one_skips_it_on_the_device(foreach, momentum):
+    g = torch.Generator().manual_seed(0)
+    good = [[torch.randn(2, 3, generator=g), torch.randn(4, generator=g)] for _ in range(3)]
+    bad = [torch.full((2, 3), float("inf")), torch.tensor([float("nan"), 1.0, -1.0, 2.0])]
+    plain_p, plain_s = _twin_steps(foreach, momentum, 4e-5, [None, None, None], good)
+    masked_p, masked_s = _twin_steps(foreach, momentum, 4e-5, [True, True, True], good)
+    for a, b in zip(plain_p, masked_p):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # A skipped step between two good ones: the weights and state as if it never happened.
+    skipped_p, skipped_s = _twin_steps(foreach, momentum, 4e-5, [True, False, True], [good[0], bad, good[1]])
+    reference_p, reference_s = _twin_steps(foreach, momentum, 4e-5, [None, None], [good[0], good[1]])
+    for a, b in zip(skipped_p, reference_p):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(skipped_s, reference_s):
+        torch.testing.assert_close(a["square_avg"], b["square_avg"], rtol=0, atol=0)
+        if momentum:
+            torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"], rtol=0, atol=0)
+        assert a["step"] == b["step"] + 1  # calls, the skipped one included
