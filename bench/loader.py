@@ -3,7 +3,8 @@
 On the same WebDataset shards (ImageNet-sized JPEGs, generated once under work/bench/loader-*):
 
     ours      train_dataset(...).iter_batches(batch_size=64): Ray Data, Inception crop (draft-decoded
-              where the crop allows), flip, and TF colour distortion as training runs it; uint8 NHWC
+              where the crop allows), flip; uint8 NHWC. Two rows: colour on the training device (the
+              default, data.color_on: device: nothing more on the CPU) and TF colour on the CPU
     baseline  webdataset.WebDataset -> torch DataLoader(num_workers=N): PIL full decode,
               RandomResizedCrop (torchvision's sampling, inline), flip, to float tensor, normalise
     decode    the same DataLoader, PIL full decode and nothing else: the floor for any full decode
@@ -15,11 +16,14 @@ driver, raylet, GCS and its actors), read from /proc: the cost, whatever the loa
 and the first epoch after it (worker imports, Ray Data's own actors) are timed apart and left out:
 once per cluster, not per epoch.
 
-    python bench/loader.py [--images 2000] [--num-cpus 2] [--repeats 2]
+    python bench/loader.py [--images 2000] [--num-cpus 2] [--repeats 3] [--json]
     python bench/loader.py --profile        # one process: where our transform's time goes
-    python bench/loader.py --device cuda    # training img/s through trainers.loop.train_one_epoch,
-                                            # fed by a DataLoader running our transform (no Ray),
-                                            # against the same loop on synthetic batches
+    python bench/loader.py --device cuda [--compile] [--out rows.jsonl]
+                                            # training img/s through trainers.loop.train_one_epoch
+                                            # (its feed: pinned memory, side stream, colour on the
+                                            # device), fed by DataLoader workers running our transform
+                                            # (no Ray), against the bare step of bench/model.py and
+                                            # the same loop on synthetic batches, in one process
 
 The cuda mode needs only torch, numpy and Pillow (webdataset if present; else a plain tar reader).
 """
@@ -27,6 +31,7 @@ The cuda mode needs only torch, numpy and Pillow (webdataset if present; else a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import math
@@ -279,20 +284,24 @@ def ours_batches(uri: str, *, color: bool, batch_rows: int, batch_size: int, unf
 
 DECODE = "decode only (PIL full decode)"
 BASELINE = "baseline (wds + DataLoader)"
-OURS = "ours, no colour (same ops)"
-OURS_COLOUR = "ours, TF colour (as trained)"
+OURS = "ours, colour on the device (as GPU training runs it)"
+OURS_COLOUR = "ours, TF colour on the CPU (data.color_on: cpu)"
 OURS_UNFUSED = "ours, no colour, unfused read"
 
 
 def cpu_bench(args) -> None:
+    import json
+    import statistics
+
     import ray
     import ray.data
 
     n_cpu = args.num_cpus
     uri = prepare_shards(args.data, images=args.images, shard_size=args.shard_size, with_ray=True, num_cpus=n_cpu)
     paths = shard_paths(uri)
-    print(f"# data: {args.images} JPEGs in {len(paths)} shards, {sum(os.path.getsize(p) for p in paths) / args.images / 1e3:.0f} KB per sample")
-    print(f"# machine: {os.cpu_count()} CPUs, N = {n_cpu}; torch {torch.__version__}, ray {ray.__version__}; resolution {RESOLUTION}, batch {args.batch_size}")
+    out = sys.stderr if args.json else sys.stdout  # --json: the table goes to stderr, the object alone to stdout
+    print(f"# data: {args.images} JPEGs in {len(paths)} shards, {sum(os.path.getsize(p) for p in paths) / args.images / 1e3:.0f} KB per sample", file=out)
+    print(f"# machine: {os.cpu_count()} CPUs, N = {n_cpu}; torch {torch.__version__}, ray {ray.__version__}; resolution {RESOLUTION}, batch {args.batch_size}", file=out)
 
     rows = {}  # name -> list of (images/s, images per CPU-second, load)
 
@@ -307,7 +316,7 @@ def cpu_bench(args) -> None:
         record(DECODE, time_loader(wds_loader(paths, num_workers=n_cpu, batch_size=args.batch_size, transform=_decoded_only)))
         record(BASELINE, time_loader(wds_loader(paths, num_workers=n_cpu, batch_size=args.batch_size, transform=TorchvisionStyle())))
         t = time.perf_counter()
-        ray.init(address="local", num_cpus=n_cpu, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=n_cpu, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         startup.append(time.perf_counter() - t)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
@@ -317,24 +326,35 @@ def cpu_bench(args) -> None:
             first.append((wall, cpu))
             record(OURS, time_loader(ours_batches(uri, color=False, batch_rows=args.batch_rows, batch_size=args.batch_size)))
             record(OURS_COLOUR, time_loader(ours_batches(uri, color=True, batch_rows=args.batch_rows, batch_size=args.batch_size)))
-            record(OURS_UNFUSED, time_loader(ours_batches(uri, color=False, batch_rows=args.batch_rows, batch_size=args.batch_size, unfused=True)))
+            if args.unfused:
+                record(OURS_UNFUSED, time_loader(ours_batches(uri, color=False, batch_rows=args.batch_rows, batch_size=args.batch_size, unfused=True)))
         finally:
             ray.shutdown()
 
-    # Best of the repeats, each column on its own: the run least disturbed by the other processes.
-    best = {name: (max(v[0] for v in values), max(v[1] for v in values), values) for name, values in rows.items()}
-    print(f"\n{'':32}{'images/s':>10}{'per core':>10}{'per CPU-s':>11}  load at each run")
-    for name, (rate, per_cpu, values) in best.items():
-        print(f"{name:32}{rate:>10.0f}{rate / n_cpu:>10.1f}{per_cpu:>11.1f}  {', '.join(v[2] for v in values)}")
-    print(f"excluded: Ray start-up {min(startup):.1f} s; our first epoch after it (warm-up) {min(first)[0]:.1f} s, {min(first)[1] or float('nan'):.1f} CPU s")
-    print("per core = images/s / N; per CPU-s = images per CPU-second of every process involved (loader, workers, Ray's daemons)")
+    # The median of the repeats, each column on its own: one disturbed run does not decide it.
+    med = {name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values), values) for name, values in rows.items()}
+    print(f"\n{'':52}{'images/s':>10}{'per core':>10}{'per CPU-s':>11}  load at each run", file=out)
+    for name, (rate, per_cpu, values) in med.items():
+        print(f"{name:52}{rate:>10.0f}{rate / n_cpu:>10.1f}{per_cpu:>11.1f}  {', '.join(v[2] for v in values)}", file=out)
+    print(f"excluded: Ray start-up {min(startup):.1f} s; our first epoch after it (warm-up) {min(first)[0]:.1f} s, {min(first)[1] or float('nan'):.1f} CPU s", file=out)
+    print("per core = images/s / N; per CPU-s = images per CPU-second of every process involved (loader, workers, Ray's daemons)", file=out)
+    report = {"images": args.images, "num_cpus": n_cpu, "cpus": os.cpu_count(), "repeats": args.repeats, "statistic": "median",
+              "torch": torch.__version__, "ray": ray.__version__, "load_average_end": load(), "rows": {}}
+    for name, (rate, per_cpu, values) in med.items():
+        report["rows"][name] = {
+            "images_per_s": round(rate, 1),
+            "ratio_per_core": round(rate / med[BASELINE][0], 3),  # N is the same for both: per core is images/s over N
+            "ratio_per_cpu_s": round(per_cpu / med[BASELINE][1], 3),
+            "images_per_cpu_s": round(per_cpu, 1),
+            "load_at_each_run": [v[2] for v in values],
+        }
     for name in (OURS, OURS_COLOUR, OURS_UNFUSED):
-        rate, per_cpu, _ = best[name]
-        print(
-            f"ratio {name} / baseline: {rate / best[BASELINE][0]:.2f}x per core, {per_cpu / best[BASELINE][1]:.2f}x per CPU-s;"
-            f" / decode only: {rate / best[DECODE][0]:.2f}x, {per_cpu / best[DECODE][1]:.2f}x"
-        )
-    print(f"best of {args.repeats}; load average now {load()} on {os.cpu_count()} CPUs")
+        if name in med:
+            row = report["rows"][name]
+            print(f"ratio {name} / baseline: {row['ratio_per_core']:.2f}x per core, {row['ratio_per_cpu_s']:.2f}x per CPU-s", file=out)
+    print(f"median of {args.repeats}; load average now {load()} on {os.cpu_count()} CPUs", file=out)
+    if args.json:
+        print(json.dumps(report))
 
 
 # --- profile: one process, no Ray ---------------------------------------------------------------
@@ -411,15 +431,17 @@ def profile(args) -> None:
 class TransformedShards(torch.utils.data.IterableDataset):
     """Our train transform in DataLoader workers, without Ray: each worker loops over its own shards.
 
-    Yields chunks of `rows` samples as {"image": uint8 NHWC, "label": int64} tensors (tensors, not
-    arrays: DataLoader passes tensors through shared memory instead of pickling them); the main
-    process re-cuts them into training batches with `equal_batches`, as the Ray Train loop does.
+    Yields chunks of `rows` samples: {"image": uint8 NHWC, "label": int64} as tensors (DataLoader
+    passes tensors through shared memory instead of pickling them), or with decode False the crop
+    transform's {"jpg", "box", "flip", "label"} for a device that decodes; the main process re-cuts
+    them into training batches with `equal_batches`, as the Ray Train loop does.
     """
 
-    def __init__(self, paths: list[str], *, rows: int, color: bool):
+    def __init__(self, paths: list[str], *, rows: int, color: bool, decode: bool = True):
         self.paths = paths
         self.rows = rows
         self.color = color
+        self.decode = decode
 
     def _samples(self, paths):
         try:
@@ -431,54 +453,53 @@ class TransformedShards(torch.utils.data.IterableDataset):
             yield from (s for p in itertools.cycle(paths) for s in read_tar(p))
 
     def __iter__(self):
-        from pipelines.transforms import train_transform
+        from pipelines.transforms import train_crop_transform, train_transform
 
         info = torch.utils.data.get_worker_info()
         mine = (self.paths[info.id :: info.num_workers] if info is not None else self.paths) or self.paths
-        transform = train_transform(resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True, color=self.color)
+        if self.decode:
+            transform = train_transform(resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True, color=self.color)
+        else:
+            transform = train_crop_transform(resolution=RESOLUTION, area=AREA, ratio=RATIO, flip=True)
         samples = self._samples(mine)
         while True:
             chunk = list(itertools.islice(samples, self.rows))
             batch = transform({"jpg": np.array([s["jpg"] for s in chunk], dtype=object), "cls": np.array([s["cls"] for s in chunk], dtype=object)})
-            yield {k: torch.from_numpy(v) for k, v in batch.items()}
+            yield {k: torch.from_numpy(v) if v.dtype != object else v for k, v in batch.items()}
 
 
-def pinned_prefetch(batches, depth: int = 2):
-    """`batches` assembled by a background thread into pinned host memory, `depth` ahead.
+def _bench_model_module():
+    """bench/model.py, loaded by path (it loads the model by path too): its bare step is the reference."""
+    import importlib.util
 
-    What train_one_epoch's caller could do: to_model_input's non_blocking copy is only asynchronous
-    from pinned memory, and the loop syncs on the loss every step, so without this the re-cut
-    (equal_batches) and the copy of each batch run while the GPU waits.
+    spec = importlib.util.spec_from_file_location("bench_model", Path(__file__).with_name("model.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def loop_bench(args) -> None:
+    """Every row in one process on one device: the bare step, the loop on synthetic batches, the loop fed by the loader.
+
+    Meant for a GPU (--device cuda); `--loop --device cpu` with a few small steps runs the same code as a smoke test.
     """
-    import queue
-    import threading
+    import json
+    import statistics
 
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-
-    def fill() -> None:
-        try:
-            for batch in batches:
-                ready.put({k: torch.from_numpy(np.ascontiguousarray(v)).pin_memory().numpy() for k, v in batch.items()})
-        finally:
-            ready.put(None)
-
-    threading.Thread(target=fill, daemon=True).start()
-    while (batch := ready.get()) is not None:
-        yield batch
-
-
-def cuda_bench(args) -> None:
     from pipelines.stream import equal_batches
     from trainers.config import OptimSection
     from trainers.ema import ModelEma
+    from trainers.feed import Feed
     from trainers.inception_v3 import inception_v3
     from trainers.loop import train_one_epoch
     from trainers.optim import RMSpropTF, param_groups_weight_decay
 
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no GPU here")
-    device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     workers = args.workers or os.cpu_count()
     try:
         import webdataset  # noqa: F401
@@ -486,57 +507,81 @@ def cuda_bench(args) -> None:
         reader = "webdataset"
     except ImportError:
         reader = "plain tar reader"
+    try:
+        import torchvision  # noqa: F401  (data.decode_on: gpu needs it)
+
+        nvjpeg = True
+    except ImportError:
+        nvjpeg = False
+    bs, steps, warmup = args.batch_size, args.steps, max(1, args.warmup)
+    machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}, {os.cpu_count()} CPUs, {workers} loader workers ({reader})"
+    print(f"# {machine}")
+    print(f"# batch {bs}, {steps} timed steps after {warmup}; channels_last{', bf16 autocast' if device.type == 'cuda' else ', fp32'}{', torch.compile' if args.compile else ''}; loader chunks of {args.batch_rows}", flush=True)
+
+    def emit(name: str, images_per_s: float, **extra) -> None:
+        """One row, printed and appended to --out as it finishes: a run cut short keeps what it measured."""
+        print(f"  {name}: {images_per_s:,.0f} images/s {extra if extra else ''}", flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps({"row": name, "images_per_s": round(images_per_s, 1), "batch": bs, "compile": args.compile, "machine": machine, "load": load(), **extra}) + "\n")
+
+    # The reference: bench/model.py's bare forward + backward, same batch, this process.
+    bench_model = _bench_model_module()
+    config = bench_model.CONFIGS[("cl-bf16" if device.type == "cuda" else "cl-fp32") + ("-compile" if args.compile else "")]
+    timed = bench_model.bench(config, device=device, batch_size=bs, steps=steps, warmup=warmup)
+    bare = bs / statistics.median(timed["step_s"])
+    emit(f"bench/model.py {config.name} (bare step)", bare, warmup_s=round(timed["warmup_s"], 1))
+
     uri = prepare_shards(args.data, images=args.images, shard_size=args.shard_size, with_ray=False, num_cpus=os.cpu_count())
     paths = shard_paths(uri)
-    bs, steps, warmup = args.batch_size, args.steps, max(1, args.warmup)
-    optim = OptimSection()
-    print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPUs, {workers} loader workers ({reader})")
-    print(f"# batch {bs}, {steps} timed steps after {warmup}; channels_last, bf16 autocast, RMSpropTF + clip + EMA; {len(paths)} shards, {args.images} images; loader chunks of {args.batch_rows}")
 
-    def run(batches) -> float:
-        torch.manual_seed(0)
-        model = inception_v3().to(device).to(memory_format=torch.channels_last)
-        ema = ModelEma(model, optim.ema_decay)
-        optimizer = RMSpropTF(param_groups_weight_decay(model, optim.weight_decay), lr=1e-3, alpha=optim.alpha, momentum=optim.momentum, eps=optim.eps)
-        marks = []
-        train_one_epoch(
-            model, ema, itertools.islice(batches, warmup + steps), optimizer,
-            optim=optim, lr_at=lambda step: 1e-3, first_step=0, device=device, resolution=RESOLUTION,
-            channels_last=True, autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16),
-            after_step=lambda step, metrics: marks.append(time.perf_counter()),  # the loss read syncs each step
-        )
-        return steps * bs / (marks[-1] - marks[warmup - 1])
+    optim = OptimSection()
+    torch.manual_seed(0)
+    model = inception_v3().to(device).to(memory_format=torch.channels_last)
+    ema = ModelEma(model, optim.ema_decay)
+    optimizer = RMSpropTF(param_groups_weight_decay(model, optim.weight_decay), lr=1e-3, alpha=optim.alpha, momentum=optim.momentum, eps=optim.eps)
+    step_model = torch.compile(model) if args.compile else model
+
+    def run(batches, feed: Feed) -> float:
+        """images/s of train_one_epoch over `steps` batches, after `warmup` untimed ones from the same stream."""
+        stream = iter(batches)
+
+        def epoch(n: int):
+            return train_one_epoch(step_model, ema, itertools.islice(stream, n), optimizer, optim=optim, lr_at=lambda step: 1e-3,
+                                   first_step=0, feed=feed, resolution=RESOLUTION, autocast=autocast)
+
+        epoch(warmup)  # ends with a read: the GPU is idle when the timed epoch starts
+        stats = epoch(steps)  # its clock stops after its final read, so it times the GPU's work
+        return stats.images / stats.seconds
+
+    def loader(color: bool, decode: bool = True):
+        dataset = TransformedShards(paths, rows=args.batch_rows, color=color, decode=decode)
+        chunks = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4)
+        return equal_batches(({k: v.numpy() if torch.is_tensor(v) else v for k, v in b.items()} for b in chunks), batch_size=bs, steps=warmup + steps)
 
     rng = np.random.default_rng(0)
     fixed = {"image": rng.integers(0, 256, (bs, RESOLUTION, RESOLUTION, 3), dtype=np.uint8), "label": rng.integers(0, 1000, bs)}
-    synthetic = run(itertools.repeat(fixed))
-    print(f"  synthetic: {synthetic:.0f} images/s", file=sys.stderr)
+    synthetic = run(itertools.repeat(fixed), Feed(device=device))
+    emit("train_one_epoch, synthetic uint8 batches", synthetic, of_bare=round(synthetic / bare, 3))
+    synthetic_colour = run(itertools.repeat(fixed), Feed(device=device, color=True))
+    emit("train_one_epoch, synthetic, colour on the device", synthetic_colour, of_bare=round(synthetic_colour / bare, 3))
 
-    def batches(color: bool):
-        dataset = TransformedShards(paths, rows=args.batch_rows, color=color)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4)
-        chunks = ({k: v.numpy() for k, v in b.items()} for b in loader)
-        return equal_batches(chunks, batch_size=bs, steps=warmup + steps)
-
-    trained, alone, prefetched = {}, {}, {}
-    for color in (False, True):
-        trained[color] = run(batches(color))
-        prefetched[color] = run(pinned_prefetch(batches(color)))
-        # The loader with nothing consuming it: whether it or the GPU bounds the row above.
-        stream = batches(color)
+    rows = [("our transform, colour on the device (as trained)", dict(color=False), Feed(device=device, color=True)),
+            ("our transform, TF colour on the CPU", dict(color=True), Feed(device=device))]
+    if nvjpeg:
+        rows.append(("crops on the CPU, decode + colour on the device (nvJPEG)", dict(color=False, decode=False), Feed(device=device, color=True)))
+    for name, kind, feed in rows:
+        rate = run(loader(**kind), feed)
+        stream = loader(**kind)  # the loader with nothing consuming it: does it or the GPU bound the row above?
         for _ in itertools.islice(stream, warmup):
             pass
         t = time.perf_counter()
-        n = sum(len(b["label"]) for b in stream)
-        alone[color] = n / (time.perf_counter() - t)
-        print(f"  colour {color}: {trained[color]:.0f} images/s training, {prefetched[color]:.0f} prefetched, loader alone {alone[color]:.0f}", file=sys.stderr)
-
-    print(f"\n{'':52}{'images/s':>10}{'of synthetic':>14}{'loader alone':>14}")
-    print(f"{'train_one_epoch, synthetic uint8 batches':52}{synthetic:>10.0f}{1:>14.0%}{'':>14}")
-    for color, name in ((False, "no colour"), (True, "TF colour")):
-        print(f"{'train_one_epoch, our transform, ' + name:52}{trained[color]:>10.0f}{trained[color] / synthetic:>14.0%}{alone[color]:>14.0f}")
-        print(f"{'  + batches assembled ahead in pinned memory':52}{prefetched[color]:>10.0f}{prefetched[color] / synthetic:>14.0%}{'':>14}")
-    print(f"loader alone per worker: {alone[False] / workers:.0f} / {alone[True] / workers:.0f} images/s (no colour / colour); load {load()}")
+        alone = sum(len(b["label"]) for b in stream) / (time.perf_counter() - t)
+        emit(f"train_one_epoch, {name}", rate, of_bare=round(rate / bare, 3), of_synthetic=round(rate / synthetic, 3), loader_alone=round(alone, 1))
+    if not nvjpeg:
+        print("  (no torchvision here: the nvJPEG row was not run)")
+    print(f"load average at end: {load()}")
 
 
 def main() -> None:
@@ -547,19 +592,24 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="N: Ray's num_cpus and the DataLoader's workers")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: cpu 64, cuda 256)")
     parser.add_argument("--batch-rows", type=int, default=32, help="rows per transform call (our stream's batch_rows; cuda: per loader chunk)")
-    parser.add_argument("--repeats", type=int, default=2, help="the best of this many runs of each is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="the median of this many runs of each is reported")
+    parser.add_argument("--json", action="store_true", help="cpu: print the figures and ratios as one JSON object on stdout (the table on stderr)")
+    parser.add_argument("--unfused", action="store_true", help="cpu: also time the unfused read (the wiring before pipelines/stream.py's fix)")
     parser.add_argument("--profile", action="store_true", help="one process: per-stage cost and cProfile of our transform")
     parser.add_argument("--profile-images", type=int, default=256)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--workers", type=int, default=None, help="cuda: DataLoader workers (default: all CPUs)")
     parser.add_argument("--steps", type=int, default=30, help="cuda: timed training steps")
     parser.add_argument("--warmup", type=int, default=5, help="cuda: untimed steps first (at least 1)")
+    parser.add_argument("--loop", action="store_true", help="training through train_one_epoch on --device (implied by --device cuda)")
+    parser.add_argument("--compile", action="store_true", help="cuda: torch.compile the model (default mode), in the bare step and the loop")
+    parser.add_argument("--out", default="", help="cuda: append each row to this file as a JSON line as soon as it is measured")
     args = parser.parse_args()
     args.batch_size = args.batch_size or (256 if args.device == "cuda" else 64)
     if args.profile:
         profile(args)
-    elif args.device == "cuda":
-        cuda_bench(args)
+    elif args.loop or args.device == "cuda":
+        loop_bench(args)
     else:
         cpu_bench(args)
 
