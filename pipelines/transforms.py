@@ -100,9 +100,17 @@ def _decode_all(batch: dict, resolution: int, per_sample) -> np.ndarray:
     images = np.empty((len(jpegs), resolution, resolution, 3), dtype=np.uint8)
     for i, data in enumerate(jpegs):
         try:
-            images[i] = per_sample(data)
+            img = per_sample(data)
         except UserError as err:
             raise UserError(f"{sample_name(batch, i)}: {err}") from err
+        if not isinstance(img, np.ndarray) or img.flags.c_contiguous or img.shape != images.shape[1:]:
+            images[i] = img
+        else:
+            # A mirrored view (img[:, ::-1]): NumPy copies it with a 3-byte inner loop, one pixel
+            # at a time (0.6-1.2 ms at 299x299 here); one channel at a time, the inner loop runs
+            # along a whole row (0.1 ms). Same bytes either way.
+            for c in range(img.shape[-1]):
+                images[i, :, :, c] = img[:, :, c]
     return images
 
 
